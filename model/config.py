@@ -1,0 +1,95 @@
+"""Shape -> megatron-core TransformerConfig: the Qwen2 architecture in megatron's vocabulary.
+
+The architecture half (SwiGLU, RMSNorm with the shape's eps, bias on Q/K/V only, GQA, head_dim, no dropout)
+comes from the shape; everything about parallelism, precision and recompute arrives as `runtime` keyword
+arguments built in one place (recipes.layout.megatron_runtime_kwargs) — this module never decides them.
+
+Fusions: TE and apex provide fused kernels; without them megatron falls back to torch for everything except
+`gradient_accumulation_fusion` and `persist_layer_norm`, which must stay off (DESIGN.md section 1).
+RoPE base is a GPTModel argument in megatron-core 0.16.1 (default 10000!), so model.build passes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from model.shapes import ModelShape
+
+
+@dataclass(frozen=True)
+class YarnScaling:
+    """YaRN context extension (Qwen2.5-Coder: factor 4 from 32,768 to 131,072 positions)."""
+
+    factor: float = 4.0
+    original_max_position_embeddings: int = 32_768
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+
+def _apply_yarn(config: TransformerConfig, yarn: YarnScaling) -> None:
+    """megatron reads these with getattr and no default (gpt_model.py:172-188); set them only for YaRN,
+    because any yarn_* attribute makes attention apply YaRN's mscale even with plain RoPE."""
+    config.yarn_rotary_scaling_factor = yarn.factor
+    config.yarn_original_max_position_embeddings = yarn.original_max_position_embeddings
+    config.yarn_beta_fast = yarn.beta_fast
+    config.yarn_beta_slow = yarn.beta_slow
+    config.yarn_mscale = 1.0
+    config.yarn_mscale_all_dim = 0.0
+    config.yarn_correction_range_round_to_int = True
+
+
+def architecture_kwargs(shape: ModelShape) -> dict:
+    """TransformerConfig fields that define the Qwen2 architecture of `shape`."""
+    return dict(
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        ffn_hidden_size=shape.ffn_hidden_size,
+        num_attention_heads=shape.num_attention_heads,
+        num_query_groups=shape.num_query_groups,
+        kv_channels=shape.head_dim,
+        add_qkv_bias=True,
+        add_bias_linear=False,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        normalization="RMSNorm",
+        layernorm_epsilon=shape.rms_norm_eps,
+        rotary_interleaved=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=0.02,
+    )
+
+
+def transformer_config(
+    shape: ModelShape,
+    *,
+    use_te: bool,
+    yarn: Optional[YarnScaling] = None,
+    **runtime,
+) -> TransformerConfig:
+    """Build the TransformerConfig for `shape`; `runtime` carries parallel/precision/recompute fields."""
+    params_dtype = runtime.pop("params_dtype", torch.float32)
+    kwargs = architecture_kwargs(shape)
+    kwargs.update(
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        # Kernel fusions: torch fallbacks work everywhere; TE-only fusions only with TE.
+        bias_activation_fusion=use_te,
+        bias_dropout_fusion=use_te,
+        apply_rope_fusion=use_te,
+        masked_softmax_fusion=False,  # SDPA or TE attention do their own masking
+        gradient_accumulation_fusion=use_te,
+        persist_layer_norm=False,
+        cross_entropy_loss_fusion=use_te,
+        use_cpu_initialization=not torch.cuda.is_available(),
+    )
+    kwargs.update(runtime)
+    config = TransformerConfig(**kwargs)
+    if yarn is not None:
+        _apply_yarn(config, yarn)
+    return config

@@ -1,0 +1,116 @@
+"""Two spec-level modules for megatron-core's local (non-Transformer-Engine) layer spec.
+
+Why they exist: without TE, megatron-core 0.16.1's local spec cannot run two layouts we ship and materialises the
+full s x s score matrix (8K tokens, 28 heads: 7.5 GB per layer in fp32) on GPUs.
+
+RMSNorm
+    megatron's WrappedTorchNorm asserts `not config.sequence_parallel` (transformer/torch_norm.py:32). The norm
+    math does not change under SP (tokens are sharded, the hidden dim is whole); megatron only needs
+    `weight.sequence_parallel = True` so finalize_model_grads all-reduces the norm grads over TP
+    (distributed/finalize_model_grads.py:354), as its fused norms do.
+
+SDPACoreAttention
+    megatron's DotProductAttention refuses context parallelism ("only supported by TEDotProductAttention") and
+    is unfused. This core attention runs torch's scaled_dot_product_attention (flash/memory-efficient kernels on
+    GPUs, a fused CPU kernel here). Under context parallelism it all-gathers K/V over the CP group (backward:
+    reduce-scatter, megatron's own gather_from_sequence_parallel_region) and masks causally on the *global*
+    token positions of megatron's load-balanced split (get_batch_on_this_cp_rank: CP rank r holds chunks r and
+    2*CP-1-r of 2*CP). That is the all-gather-KV CP algorithm, O(s) memory per rank for K/V rather than TE's
+    ring; everything around it (batch and RoPE slicing, loss and grad reduction) is megatron's own code.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+from megatron.core.transformer.module import MegatronModule
+
+
+class RMSNorm(torch.nn.RMSNorm):
+    """torch RMSNorm with megatron's constructor and sequence-parallel grad marking."""
+
+    def __init__(self, config, hidden_size: int, eps: float = 1e-6, **unused_megatron_kwargs):
+        super().__init__(normalized_shape=hidden_size, eps=eps, dtype=config.params_dtype)
+        self.weight.sequence_parallel = config.sequence_parallel
+
+
+def load_balanced_positions(local_len: int, cp_rank: int, cp_size: int, device) -> torch.Tensor:
+    """Global token positions held by `cp_rank` under megatron's 2*CP-chunk load-balanced split."""
+    chunk = local_len // 2
+    first = torch.arange(cp_rank * chunk, (cp_rank + 1) * chunk, device=device)
+    mirror = 2 * cp_size - 1 - cp_rank
+    second = torch.arange(mirror * chunk, (mirror + 1) * chunk, device=device)
+    return torch.cat([first, second])
+
+
+class SDPACoreAttention(MegatronModule):
+    """Core attention on torch SDPA; context-parallel by all-gathering K/V (see the module docstring)."""
+
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type,
+        attention_type: str,
+        attention_dropout: Optional[float] = None,
+        softmax_scale: Optional[float] = None,
+        cp_comm_type: Optional[str] = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        tp_group = getattr(pg_collection, "tp", None) or parallel_state.get_tensor_model_parallel_group()
+        self.cp_group = getattr(pg_collection, "cp", None) or parallel_state.get_context_parallel_group()
+        tp_size = tp_group.size()
+        self.heads_per_rank = config.num_attention_heads // tp_size
+        self.head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(
+        self,
+        query: torch.Tensor,  # [sq, b, heads, head_dim]
+        key: torch.Tensor,  # [sk, b, groups, head_dim]
+        value: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],  # megatron convention: True = masked out
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ) -> torch.Tensor:
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError(
+                "SDPACoreAttention supports neither packed sequences nor attention bias; "
+                "use the Transformer-Engine spec (model.transformer_impl=transformer_engine) for them"
+            )
+        seq_q, batch = query.shape[0], query.shape[1]
+        cp_size = self.cp_group.size()
+        mask = None  # True = may attend (SDPA convention)
+        if cp_size > 1:
+            key = gather_from_sequence_parallel_region(key, group=self.cp_group)
+            value = gather_from_sequence_parallel_region(value, group=self.cp_group)
+            q_pos = load_balanced_positions(seq_q, self.cp_group.rank(), cp_size, query.device)
+            k_pos = torch.cat(
+                [load_balanced_positions(seq_q, r, cp_size, query.device) for r in range(cp_size)]
+            )
+            mask = k_pos[None, :] <= q_pos[:, None]
+        if attention_mask is not None:
+            allowed = ~attention_mask.bool()
+            if mask is None:
+                causal = torch.ones(seq_q, key.shape[0], dtype=torch.bool, device=query.device).tril()
+                mask = causal
+            mask = mask & allowed
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, head_dim]
+        context = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None,
+            scale=self.softmax_scale,
+            enable_gqa=k.shape[1] != q.shape[1],
+        )
+        return context.permute(2, 0, 1, 3).reshape(seq_q, batch, self.heads_per_rank * self.head_dim)

@@ -1,0 +1,160 @@
+"""What a recipe may say: typed dataclasses registered in Hydra's ConfigStore.
+
+YAML files under recipes/ say what differs (a size's layout per stage); these classes say what exists and which
+values are allowed, so `parallel.tpp=2` or `train.micro_batch_size=two` fail at compose time with Hydra's own
+message. Cross-field layout rules (heads % TP, layers % PP x VPP, ...) live in one place, recipes.validate,
+and run when the composed config becomes these objects (`recipes.compose.to_recipe`).
+
+Config tree (Hydra): recipes/config.yaml (this schema) <- `+recipe=SIZE` (recipes/recipe/SIZE.yaml) which
+pulls `stage: file|repo|sft|dpo` (recipes/stage/*.yaml, what a stage means for any size) and then the tuned
+layout for that size and stage (recipes/layout/SIZE/STAGE.yaml). Command-line overrides win over all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from data.config import DataConfig
+
+
+@dataclass
+class ModelConfig:
+    shape: str = MISSING
+    """Row of model.shapes.SHAPES: tiny, 0.5b, 1.5b, 3b, 7b, 14b, 32b."""
+    num_layers: Optional[int] = None
+    """Shrink the shape's depth (tests, smoke runs); None keeps the released value. Same for the fields below."""
+    hidden_size: Optional[int] = None
+    ffn_hidden_size: Optional[int] = None
+    num_attention_heads: Optional[int] = None
+    num_query_groups: Optional[int] = None
+    head_dim: Optional[int] = None
+    vocab_size: Optional[int] = None
+    transformer_impl: str = "auto"
+    """auto (Transformer Engine when it imports and a GPU is present), transformer_engine, or local."""
+    yarn_factor: Optional[float] = None
+    """YaRN context extension factor (repo stage: 4.0, 32K -> 128K positions); None = plain RoPE."""
+    yarn_original_max_position_embeddings: int = 32_768
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    """Tensor parallel size (within a node: NVLink)."""
+    sp: bool = False
+    """Sequence parallelism (needs tp > 1): shards norms/dropout activations over TP."""
+    pp: int = 1
+    """Pipeline parallel stages."""
+    vpp: int = 1
+    """Virtual pipeline chunks per stage (interleaved 1F1B); 1 = plain 1F1B."""
+    cp: int = 1
+    """Context parallel size: the sequence is split into 2 x cp load-balanced chunks."""
+    distributed_optimizer: bool = True
+    """Shard fp32 master weights and Adam moments over data-parallel ranks (ZeRO-1)."""
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    batch_p2p_comm: bool = False
+    """Batched pipeline send/recv. Must stay False when pp == 2 and vpp > 1 (wrong grads otherwise)."""
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: str = "bf16"
+    """bf16 or fp32 (fp32 for parity/equivalence tests)."""
+    fp8: Optional[str] = None
+    """None, e4m3 or hybrid (e4m3 forward, e5m2 gradients). Transformer Engine only."""
+    fp8_recipe: str = "delayed"
+    """delayed, tensorwise, blockwise (H100/H200 with CUDA >= 12.9) or mxfp8 (Blackwell only)."""
+    fp8_param: bool = False
+    fp8_amax_history_len: int = 1024
+    fp8_amax_compute_algo: str = "max"
+    grad_reduce_in_fp32: bool = True
+
+
+@dataclass
+class TrainConfig:
+    seq_length: int = 8192
+    micro_batch_size: int = 1
+    global_batch_size: int = 32
+    train_iters: int = 1000
+    log_interval: int = 1
+    eval_interval: int = 100
+    eval_iters: int = 4
+    seed: int = 1234
+    recompute: str = "none"
+    """none, selective (core attention) or full (whole layers, recompute_num_layers per stage)."""
+    recompute_num_layers: int = 1
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_iters: int = 500
+    decay_style: str = "cosine"
+    """cosine, linear or constant (after warmup)."""
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+@dataclass
+class StageConfig:
+    name: str = "file"
+    """file (8K next-token + FIM), repo (32K repo-level, YaRN, FP8), sft or dpo."""
+    dpo_beta: float = 0.1
+
+
+@dataclass
+class CheckpointConfig:
+    save_interval: int = 1000
+    """Save every N steps (and at the end); 0 disables periodic saves."""
+    load: Optional[str] = None
+    """Initial weights (a converted Hugging Face checkpoint) when the run dir has no checkpoint yet."""
+    keep_last: int = 2
+    """Complete checkpoints kept in the run dir; older ones are deleted after a newer one is complete."""
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    """Log to Weights & Biases from one rank; offline unless WANDB_MODE says otherwise."""
+    wandb_project: str = "qwen2.5-coder"
+    progress_bar: bool = True
+    plots: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "${model.shape}-${stage.name}"
+    dir: str = "runs/${run.name}"
+    """Run directory: checkpoints, metrics.jsonl, plots, per-rank logs. Stable per job (resume finds it)."""
+    gpu: str = "h100"
+    """GPU model for the planner's memory budget and MFU's peak FLOP/s (table in train.metrics)."""
+    gpu_memory_gib: Optional[float] = None
+    peak_tflops: Optional[float] = None
+    """Override the GPU table's dense bf16 peak (e.g. for a different card)."""
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def register() -> None:
+    """Register the schema as `recipe_schema` (recipes/config.yaml lists it first in its defaults)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="recipe_schema", node=Recipe)

@@ -1,0 +1,51 @@
+"""Process group and megatron parallel state, from torchrun's environment (or a 1-rank default).
+
+NCCL when CUDA is present, gloo otherwise (with train.cpu_shims installed first). The timeout is generous
+(30 min by default) because the first NCCL collective also waits for the slowest rank's imports and data
+index building.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import random as megatron_random
+
+from train import cpu_shims
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_process_group(timeout_minutes: float = 30.0) -> None:
+    """Join torchrun's world, or start a 1-rank world when run as a plain process (tests, tools)."""
+    cpu_shims.install_if_no_cuda()
+    if torch.distributed.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def init_model_parallel(tp: int = 1, pp: int = 1, vpp: int = 1, cp: int = 1, seed: int = 1234) -> None:
+    """(Re)build megatron's process groups for a layout and seed its RNG streams like a GPU run would."""
+    init_process_group()
+    parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
+        context_parallel_size=cp,
+    )
+    torch.manual_seed(seed)
+    megatron_random.model_parallel_cuda_manual_seed(seed, force_reset_rng=True)

@@ -1,0 +1,106 @@
+"""The one place a recipe's parallel, precision and recompute settings become megatron-core arguments.
+
+Model code (model/) only knows architectures; the loop, the planner and the converters all get their
+TransformerConfig, DDP config and optimizer config from here, so a layout means the same thing everywhere.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from megatron.core.distributed import DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from model.build import resolve_transformer_impl
+from model.config import YarnScaling, transformer_config
+from model.shapes import ModelShape, get_shape
+from recipes.schema import Recipe
+
+_SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+               "head_dim", "vocab_size")
+
+
+def model_shape(recipe: Recipe) -> ModelShape:
+    """The recipe's shape with its shrink overrides (model.num_layers=2, ...) applied."""
+    overrides = {name: getattr(recipe.model, name) for name in _SHRINKABLE}
+    return get_shape(recipe.model.shape, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def yarn_scaling(recipe: Recipe) -> Optional[YarnScaling]:
+    if recipe.model.yarn_factor is None:
+        return None
+    return YarnScaling(
+        factor=recipe.model.yarn_factor,
+        original_max_position_embeddings=recipe.model.yarn_original_max_position_embeddings,
+    )
+
+
+def params_dtype(recipe: Recipe) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[recipe.precision.dtype]
+
+
+def transformer_runtime_kwargs(recipe: Recipe) -> dict:
+    """TransformerConfig fields for parallelism, precision and recompute (model.config adds architecture)."""
+    parallel, precision, train = recipe.parallel, recipe.precision, recipe.train
+    kwargs = dict(
+        tensor_model_parallel_size=parallel.tp,
+        sequence_parallel=parallel.sp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
+        context_parallel_size=parallel.cp,
+        batch_p2p_comm=parallel.batch_p2p_comm,
+        params_dtype=params_dtype(recipe),
+    )
+    if train.recompute == "selective":
+        kwargs.update(recompute_granularity="selective", recompute_modules=["core_attn"])
+    elif train.recompute == "full":
+        kwargs.update(recompute_granularity="full", recompute_method="uniform",
+                      recompute_num_layers=train.recompute_num_layers)
+    if precision.fp8 is not None:
+        kwargs.update(
+            fp8=precision.fp8,
+            fp8_recipe=precision.fp8_recipe,
+            fp8_param=precision.fp8_param,
+            fp8_amax_history_len=precision.fp8_amax_history_len,
+            fp8_amax_compute_algo=precision.fp8_amax_compute_algo,
+        )
+    return kwargs
+
+
+def build_transformer_config(recipe: Recipe, **extra) -> TransformerConfig:
+    """TransformerConfig of the recipe's model under its layout; `extra` for tests (e.g. init flags)."""
+    impl = resolve_transformer_impl(recipe.model.transformer_impl)
+    kwargs = transformer_runtime_kwargs(recipe)
+    kwargs.update(extra)
+    return transformer_config(model_shape(recipe), use_te=impl == "transformer_engine",
+                              yarn=yarn_scaling(recipe), **kwargs)
+
+
+def ddp_config(recipe: Recipe) -> DistributedDataParallelConfig:
+    parallel = recipe.parallel
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=recipe.precision.grad_reduce_in_fp32,
+        overlap_grad_reduce=parallel.overlap_grad_reduce,
+        overlap_param_gather=parallel.overlap_param_gather,
+        use_distributed_optimizer=parallel.distributed_optimizer,
+        check_for_nan_in_grad=False,  # the loop checks loss and grad norm itself, with a clearer message
+    )
+
+
+def optimizer_config(recipe: Recipe) -> MegatronOptimizerConfig:
+    opt = recipe.optimizer
+    dtype = params_dtype(recipe)
+    return MegatronOptimizerConfig(
+        optimizer="adam",
+        lr=opt.lr,
+        min_lr=opt.min_lr,
+        weight_decay=opt.weight_decay,
+        adam_beta1=opt.adam_beta1,
+        adam_beta2=opt.adam_beta2,
+        adam_eps=opt.adam_eps,
+        clip_grad=opt.clip_grad,
+        bf16=dtype == torch.bfloat16,
+        params_dtype=dtype,
+        use_distributed_optimizer=recipe.parallel.distributed_optimizer,
+    )
