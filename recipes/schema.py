@@ -31,6 +31,7 @@ class ModelConfig:
     num_query_groups: Optional[int] = None
     head_dim: Optional[int] = None
     vocab_size: Optional[int] = None
+    tied_embeddings: Optional[bool] = None
     transformer_impl: str = "auto"
     """auto (Transformer Engine when it imports and a GPU is present), transformer_engine, or local."""
     yarn_factor: Optional[float] = None
@@ -132,11 +133,24 @@ class RunConfig:
     name: str = "${model.shape}-${stage.name}"
     dir: str = "runs/${run.name}"
     """Run directory: checkpoints, metrics.jsonl, plots, per-rank logs. Stable per job (resume finds it)."""
+    nodes: int = 1
+    """Nodes the recipe is tuned for; world size = nodes x gpus_per_node (planner, validator, k8s manifests)."""
+    gpus_per_node: int = 8
+    """GPUs (ranks) per node: 8 on H100 HGX nodes, 2 CPU ranks for the tiny recipe."""
     gpu: str = "h100"
-    """GPU model for the planner's memory budget and MFU's peak FLOP/s (table in train.metrics)."""
+    """GPU model for the planner's memory budget, FP8 support and MFU's peak FLOP/s (table in recipes.gpus)."""
     gpu_memory_gib: Optional[float] = None
+    """Override the GPU table's memory (GiB) for the planner's fit check."""
     peak_tflops: Optional[float] = None
     """Override the GPU table's dense bf16 peak (e.g. for a different card)."""
+
+
+@dataclass
+class PlanConfig:
+    format: str = "text"
+    """launch/plan.py output: text (a report) or json (one object). Ignored by training."""
+    meta_build: bool = True
+    """Also build every pipeline stage on the meta device under a fake process group to count its parameters."""
 
 
 @dataclass
@@ -151,6 +165,7 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 def register() -> None:

@@ -48,7 +48,7 @@ class _CudaCallsOnCpu(TorchFunctionMode):
             kwargs["device"] = _cpu_device(kwargs["device"])
         if kwargs.get("pin_memory"):
             kwargs["pin_memory"] = False
-        if func is torch.Tensor.to and len(args) > 1 and _cpu_device(args[1]) != args[1]:
+        if func is torch.Tensor.to and len(args) > 1 and isinstance(args[1], (str, torch.device, int)):
             args = (args[0], _cpu_device(args[1]), *args[2:])
         return func(*args, **kwargs)
 

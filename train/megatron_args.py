@@ -18,7 +18,7 @@ from model.shapes import ModelShape, get_shape
 from recipes.schema import Recipe
 
 _SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-               "head_dim", "vocab_size")
+               "head_dim", "vocab_size", "tied_embeddings")
 
 
 def model_shape(recipe: Recipe) -> ModelShape:

@@ -1,0 +1,207 @@
+"""One training step on megatron-core: model chunks in DDP, the megatron optimizer, the LR schedule.
+
+A `Trainer` owns what a step needs and nothing about where data comes from or where metrics go (train.loop).
+Tests drive it directly: `forward_backward` leaves every parameter's reduced gradient in `param.main_grad`
+(inspectable), `optimizer_step` applies it. That split is what lets the parallel-equivalence suite compare
+gradients of every layout against one rank.
+
+Loss: per-token mean over the whole global batch (TransformerConfig.calculate_per_token_loss): each micro-batch
+returns (sum of token losses, token count); megatron sums gradients over micro-batches and data/context ranks
+and divides by the global token count in finalize_model_grads. With partial loss masks (FIM padding, SFT prompts)
+this is the true mean, unlike averaging micro-batch means.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterator, List, Optional
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
+from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_batch_on_this_cp_rank
+
+from model.build import build_gpt_model, resolve_transformer_impl
+from recipes.schema import Recipe
+from train import megatron_args
+from train.distributed import init_model_parallel
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradient norm became NaN/Inf; raised before the optimizer applies the update."""
+
+
+@dataclass
+class StepResult:
+    loss: float  # per-token mean over the global batch
+    tokens: int  # tokens that carried loss in the global batch
+    grad_norm: Optional[float] = None
+    lr: Optional[float] = None
+
+
+def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    """megatron's 3-tuple loss contract: (summed loss, token count, what to report)."""
+    mask = loss_mask.reshape(-1).float()
+    loss_sum = torch.sum(per_token_loss.float().reshape(-1) * mask)
+    tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), tokens.float()])
+    return loss_sum, tokens, {"lm loss": report}
+
+
+def forward_step(data_iterator: Iterator[dict], model):
+    """Fetch one micro-batch, keep this context-parallel rank's share of it, run the model chunk."""
+    batch = get_batch_on_this_cp_rank(dict(next(data_iterator)))
+    per_token_loss = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    return per_token_loss, partial(_loss_func, batch["loss_mask"])
+
+
+class Trainer:
+    """Builds the sharded model, optimizer and schedule for `recipe` on the current torch.distributed world."""
+
+    def __init__(self, recipe: Recipe, *, train_iters: Optional[int] = None):
+        self.recipe = recipe
+        parallel = recipe.parallel
+        init_model_parallel(parallel.tp, parallel.pp, parallel.vpp, parallel.cp, seed=recipe.train.seed)
+        self.shape = megatron_args.model_shape(recipe)
+        self.transformer_impl = resolve_transformer_impl(recipe.model.transformer_impl)
+        self.config = megatron_args.build_transformer_config(recipe, calculate_per_token_loss=True)
+        self.model: List[DistributedDataParallel] = self._build_model_chunks()
+        self.optimizer = get_megatron_optimizer(megatron_args.optimizer_config(recipe), self.model)
+        self.scheduler = self._build_scheduler(train_iters or recipe.train.train_iters)
+        self.data_parallel_size = parallel_state.get_data_parallel_world_size()
+        micro, global_batch = recipe.train.micro_batch_size, recipe.train.global_batch_size
+        self.num_microbatches = global_batch // (micro * self.data_parallel_size)
+
+    # ---- construction -------------------------------------------------------------------------
+    def _build_model_chunks(self) -> List[DistributedDataParallel]:
+        vpp = self.recipe.parallel.vpp
+        chunks = []
+        for vp_stage in range(vpp) if vpp > 1 else [None]:
+            module = build_gpt_model(
+                self.shape,
+                self.config,
+                transformer_impl=self.transformer_impl,
+                max_sequence_length=self.recipe.train.seq_length,
+                yarn=megatron_args.yarn_scaling(self.recipe),
+                vp_stage=vp_stage,
+            )
+            if torch.cuda.is_available():
+                module.cuda(torch.cuda.current_device())
+            chunks.append(
+                DistributedDataParallel(
+                    self.config,
+                    megatron_args.ddp_config(self.recipe),
+                    module,
+                    disable_bucketing=vp_stage is not None and vp_stage > 0,
+                )
+            )
+        self.config.finalize_model_grads_func = finalize_model_grads
+        self.config.no_sync_func = [chunk.no_sync for chunk in chunks]
+        self.config.grad_sync_func = [chunk.start_grad_sync for chunk in chunks]
+        if len(chunks) == 1:
+            self.config.no_sync_func = self.config.no_sync_func[0]
+            self.config.grad_sync_func = self.config.grad_sync_func[0]
+        if not self.recipe.parallel.overlap_grad_reduce:
+            self.config.grad_sync_func = None
+        return chunks
+
+    def _build_scheduler(self, train_iters: int) -> OptimizerParamScheduler:
+        opt = self.recipe.optimizer
+        warmup = min(opt.warmup_iters, max(train_iters - 1, 0))
+        return OptimizerParamScheduler(
+            self.optimizer,
+            init_lr=0.0 if warmup else opt.lr,
+            max_lr=opt.lr,
+            min_lr=opt.min_lr,
+            lr_warmup_steps=warmup,
+            lr_decay_steps=max(train_iters, 1),
+            lr_decay_style=opt.decay_style,
+            start_wd=opt.weight_decay,
+            end_wd=opt.weight_decay,
+            wd_incr_steps=max(train_iters, 1),
+            wd_incr_style="constant",
+        )
+
+    # ---- one step -----------------------------------------------------------------------------
+    def _run_schedule(self, data_iterators: List[Iterator[dict]], num_microbatches: int, forward_only: bool):
+        iterators = data_iterators if len(self.model) > 1 else data_iterators[0]
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iterators,
+            model=self.model,
+            num_microbatches=num_microbatches,
+            seq_length=self.recipe.train.seq_length,
+            micro_batch_size=self.recipe.train.micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    def forward_backward(self, data_iterators: List[Iterator[dict]]) -> tuple[float, int]:
+        """Run all micro-batches of one global batch; reduced grads end up in each param.main_grad.
+
+        `data_iterators` holds one iterator per model chunk (virtual pipeline stage), each yielding this
+        data-parallel rank's micro-batches. Returns (global per-token loss, global loss tokens).
+        """
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=False)
+        return self._global_loss(reports)
+
+    def optimizer_step(self, step: int, loss: float) -> StepResult:
+        """Refuse a non-finite loss, clip, apply the update, advance the LR schedule."""
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"step {step}: loss is {loss}; the update was NOT applied and no checkpoint of it is written. "
+                "Lower optimizer.lr, raise optimizer.warmup_iters, or resume from the last checkpoint."
+            )
+        _, grad_norm, _ = self.optimizer.step()
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            raise TrainingDiverged(f"step {step}: gradient norm is {grad_norm}; stopping (see loss above).")
+        self.scheduler.step(increment=1)
+        return StepResult(loss=loss, tokens=0, grad_norm=grad_norm, lr=self.optimizer.param_groups[0]["lr"])
+
+    def train_step(self, step: int, data_iterators: List[Iterator[dict]]) -> StepResult:
+        for chunk in self.model:
+            chunk.train()
+        loss, tokens = self.forward_backward(data_iterators)
+        result = self.optimizer_step(step, loss)
+        result.tokens = tokens
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, data_iterators: List[Iterator[dict]], num_batches: int) -> float:
+        """Per-token validation loss over `num_batches` global batches (no gradients, no update)."""
+        for chunk in self.model:
+            chunk.eval()
+        total = torch.zeros(2, dtype=torch.float64)
+        for _ in range(num_batches):
+            reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=True)
+            loss, tokens = self._global_loss(reports)
+            total += torch.tensor([loss * tokens, tokens], dtype=torch.float64)
+        for chunk in self.model:
+            chunk.train()
+        return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+
+    # ---- reductions ---------------------------------------------------------------------------
+    def _global_loss(self, reports: list) -> tuple[float, int]:
+        """Sum (loss, tokens) over micro-batches and data x context ranks; share it with every PP stage."""
+        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        totals = torch.zeros(2, dtype=torch.float64, device=device)
+        if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+            for report in reports:
+                totals += report["lm loss"].to(totals)
+            torch.distributed.all_reduce(
+                totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True)
+            )
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            torch.distributed.broadcast(
+                totals,
+                src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                group=parallel_state.get_pipeline_model_parallel_group(),
+            )
+        loss_sum, tokens = totals.tolist()
+        return (loss_sum / tokens if tokens else float("nan")), int(tokens)
