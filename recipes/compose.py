@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +19,13 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
-def to_recipe(cfg: DictConfig) -> schema.Recipe:
-    """Typed Recipe object (interpolations resolved)."""
-    return OmegaConf.to_object(cfg)
+def to_recipe(cfg: DictConfig, world_size: Optional[int] = None) -> schema.Recipe:
+    """Typed Recipe object (interpolations resolved), checked by recipes.validate.
+
+    `world_size` adds the rules that need it (world % (tp x pp x cp), global batch % (micro x dp), ...): the
+    training loop passes torch.distributed's world size, the planner the recipe's run.nodes x run.gpus_per_node.
+    Raises recipes.validate.RecipeError listing every broken rule.
+    """
+    from recipes.validate import validate  # imports megatron (via model.build); keep compose_config light
+
+    return validate(OmegaConf.to_object(cfg), world_size)

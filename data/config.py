@@ -1,0 +1,102 @@
+"""DataConfig: the recipe's `data` node (Hydra/OmegaConf structured config compatible).
+
+Field types are limited to what OmegaConf structured configs accept: str, int, float, bool, Optional[...],
+List of a dataclass; no unions. Cross-field rules run in __post_init__, which OmegaConf.to_object calls,
+so a bad recipe fails at compose time with a message naming the field and the fix. Checks that need the
+files (prefixes exist, every split non-empty) run in data.datasets.validate_sources before any building.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+LOADERS = ("torch", "dali")
+MODES = ("file", "repo")
+
+
+@dataclass
+class DataSource:
+    """One named, weighted dataset (a PREFIX.bin/.idx written by data/prepare.py)."""
+
+    name: str = "code"
+    """Label used in logs and errors."""
+    prefix: str = ""
+    """Path prefix of the .bin/.idx pair, without the suffix."""
+    weight: float = 1.0
+    """Blend weight; weights are normalised over all sources."""
+
+
+def default_sources() -> List[DataSource]:
+    """The paper's mixture: code 70 %, text 20 %, math 10 % (prefixes must be set by the recipe)."""
+    return [DataSource("code", "", 0.7), DataSource("text", "", 0.2), DataSource("math", "", 0.1)]
+
+
+@dataclass
+class DataConfig:
+    """Pretraining data: sources and blend, tokenizer, splits, FIM and the loader."""
+
+    sources: List[DataSource] = field(default_factory=default_sources)
+    """Named sources with weights (default code 0.7 / text 0.2 / math 0.1)."""
+    tokenizer: str = "qwen2.5"
+    """'qwen2.5' (offline official ranks) or a Hugging Face tokenizer directory."""
+    split: str = "98,2,0"
+    """Train,valid,test percentages of each source's documents (megatron's split string)."""
+    mode: str = "file"
+    """How the sources were prepared: 'file' (file-level) or 'repo' (repo-level: FIM in the last file only)."""
+    fim_rate: float = 0.5
+    """Probability that a document is rearranged fill-in-the-middle (0 disables FIM)."""
+    fim_spm_rate: float = 0.5
+    """Share of FIM documents in SPM order; the rest are PSM."""
+    seed: Optional[int] = None
+    """Seed for shuffling, blending and FIM; None uses the run's seed passed to build_pretrain_datasets."""
+    cache_dir: Optional[str] = None
+    """Where megatron caches its sample indices; None: next to each prefix (PREFIX dir/cache)."""
+    mid_level_dataset_surplus: float = 0.005
+    """Extra samples built per source so the blend never oversamples one (megatron's default)."""
+    eod_mask_loss: bool = False
+    """Mask the loss on <|endoftext|> labels."""
+    reset_position_ids: bool = False
+    """Restart position ids at each document (megatron's RoPE ignores them; see DESIGN.md section 8)."""
+    loader: str = "torch"
+    """'torch' DataLoader, or 'dali' (NVIDIA DALI pipeline that prefetches batches to the GPU)."""
+    num_workers: int = 2
+    """Loader worker processes (torch DataLoader workers / DALI parallel external-source workers)."""
+    prefetch: int = 2
+    """Batches prefetched per worker (torch prefetch_factor) or queued by DALI."""
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("data.sources is empty: give at least one {name, prefix, weight}")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources names must be unique, got {names}")
+        for i, source in enumerate(self.sources):
+            if not source.weight > 0:
+                raise ValueError(f"data.sources[{i}] ({source.name}): weight must be > 0, got {source.weight}")
+        for name in ("fim_rate", "fim_spm_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"data.{name} must be in [0, 1], got {value}")
+        if self.mode not in MODES:
+            raise ValueError(f"data.mode must be one of {MODES}, got {self.mode!r}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"data.loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.num_workers < 0 or self.prefetch < 1:
+            raise ValueError(f"data.num_workers must be >= 0 and data.prefetch >= 1, got {self.num_workers}, {self.prefetch}")
+        split_percentages(self.split)
+
+    def weights(self) -> List[float]:
+        total = sum(s.weight for s in self.sources)
+        return [s.weight / total for s in self.sources]
+
+
+def split_percentages(split: str) -> List[float]:
+    """'98,2,0' -> [0.98, 0.02, 0.0]; an error names the expected form."""
+    try:
+        parts = [float(x) for x in split.split(",")]
+    except ValueError:
+        parts = []
+    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise ValueError(f"data.split must be 'train,valid,test' non-negative numbers like '98,2,0', got {split!r}")
+    parts += [0.0] * (3 - len(parts))
+    return [p / sum(parts) for p in parts]

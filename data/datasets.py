@@ -1,0 +1,162 @@
+"""Training datasets: named, weighted sources blended by megatron-core, with FIM on top.
+
+build_pretrain_datasets() is what the training loop calls. It
+1. validates every source before megatron builds anything: the .bin/.idx exist, the token dtype fits the
+   tokenizer, and each split that is asked for samples holds at least one token. megatron's
+   `_get_num_epochs` (gpt_dataset.py:634) loops forever on an empty split with samples requested, so on
+   a 40-document source `split="99,1,0"` would hang the job instead of failing; here it is an error that
+   names the source, the split and the fix;
+2. builds GPTDataset (or FIMGPTDataset when fim_rate > 0) per source through BlendedMegatronDatasetBuilder
+   with the normalised weights (default code 0.7 / text 0.2 / math 0.1). megatron's blending index is
+   deterministic and greedy: after n samples every source is within one sample of weight x n.
+
+Items are dicts of torch tensors of length seq_length: tokens, labels, loss_mask, position_ids (plus
+megatron's dataset_id for blends). megatron needs torch.distributed initialised when it blends with a
+cache directory (BlendedDataset asks for the rank); a 1-process gloo group is enough on CPU.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from data.config import DataConfig, split_percentages
+from data.tokenizer import Tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+class DataValidationError(ValueError):
+    """A source cannot serve the requested samples; the message says which and how to fix it."""
+
+
+@dataclass
+class SourceSummary:
+    name: str
+    prefix: str
+    documents: int
+    tokens: int
+    split_documents: List[int]
+    split_tokens: List[int]
+
+
+def _split_bounds(split: str, documents: int) -> List[Optional[Tuple[int, int]]]:
+    """Document ranges per split exactly as megatron computes them (round(bookend * N))."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix, parse_and_normalize_split,
+    )
+
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    return [None if m is None else (int(round(m[0] * documents)), int(round(m[1] * documents))) for m in matrix]
+
+
+def summarize_source(name: str, prefix: str, split: str, vocab_size: int) -> SourceSummary:
+    """Read a source's .idx (memory-mapped, no token data) and count documents and tokens per split."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    missing = [f"{prefix}{s}" for s in (".bin", ".idx") if not Path(f"{prefix}{s}").is_file()]
+    if not prefix or missing:
+        raise DataValidationError(
+            f"data source {name!r}: {missing or 'prefix is empty'}; set data.sources[].prefix to the "
+            "output prefix of data/prepare.py (PREFIX.bin and PREFIX.idx must exist)"
+        )
+    dataset = IndexedDataset(prefix)
+    if np.iinfo(dataset.index.dtype).max < vocab_size - 1:
+        raise DataValidationError(
+            f"data source {name!r}: tokens stored as {np.dtype(dataset.index.dtype).name} cannot hold ids up to "
+            f"{vocab_size - 1}; re-run data/prepare.py with this tokenizer"
+        )
+    lengths = np.asarray(dataset.sequence_lengths, dtype=np.int64)
+    split_docs, split_tokens = [], []
+    for bounds in _split_bounds(split, len(lengths)):
+        begin, end = bounds if bounds is not None else (0, 0)
+        split_docs.append(end - begin)
+        split_tokens.append(int(lengths[begin:end].sum()))
+    return SourceSummary(name, prefix, len(lengths), int(lengths.sum()), split_docs, split_tokens)
+
+
+def validate_sources(cfg: DataConfig, samples: List[int], vocab_size: int) -> List[SourceSummary]:
+    """Fail before building when any requested split of any source is empty."""
+    summaries = [summarize_source(s.name, s.prefix, cfg.split, vocab_size) for s in cfg.sources]
+    shares = split_percentages(cfg.split)
+    problems = []
+    for summary in summaries:
+        for index, wanted in enumerate(samples):
+            name = SPLIT_NAMES[index]
+            if wanted and shares[index] == 0:
+                problems.append(f"{wanted} {name} samples requested but data.split {cfg.split!r} gives {name} 0 %")
+            elif (wanted or shares[index] > 0) and summary.split_tokens[index] == 0:
+                # megatron builds every split with a share > 0, even with 0 samples requested, and loops
+                # forever on an empty one.
+                problems.append(
+                    f"source {summary.name!r} ({summary.prefix}): {summary.documents} documents; split "
+                    f"{cfg.split!r} leaves its {name} split {summary.split_documents[index]} documents / 0 tokens "
+                    f"({wanted} samples requested)"
+                )
+    if problems:
+        raise DataValidationError(
+            "empty dataset split(s) (megatron would loop forever building them):\n  " + "\n  ".join(problems)
+            + "\nFix: add documents to the source or widen that share of data.split (e.g. '90,10,0'); "
+            "to train without validation set data.split to '100,0,0' and request 0 validation samples."
+        )
+    return summaries
+
+
+def build_pretrain_datasets(
+    cfg: DataConfig,
+    seq_length: int,
+    train_samples: int,
+    valid_samples: int,
+    seed: int,
+    tokenizer: Optional[Tokenizer] = None,
+):
+    """(train_ds, valid_ds) for the blend in cfg; valid_ds is None when valid_samples == 0.
+
+    seed: the run's seed; cfg.seed overrides it when set. It drives megatron's shuffles and the FIM draws.
+    """
+    import torch
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    from data.fim import FIMGPTDataset, FIMGPTDatasetConfig
+
+    if seq_length < 1 or train_samples < 1 or valid_samples < 0:
+        raise ValueError(f"need seq_length >= 1, train_samples >= 1, valid_samples >= 0; got "
+                         f"{seq_length}, {train_samples}, {valid_samples}")
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+    sizes = [train_samples, valid_samples, 0]
+    summaries = validate_sources(cfg, sizes, tokenizer.vocab_size)
+    if cfg.cache_dir and len(cfg.sources) > 1 and not torch.distributed.is_initialized():
+        raise RuntimeError(
+            "blending with data.cache_dir needs torch.distributed initialised (megatron's BlendedDataset asks "
+            "for the rank): call torch.distributed.init_process_group first (a 1-process gloo group will do)"
+        )
+    common = dict(
+        random_seed=cfg.seed if cfg.seed is not None else seed,
+        sequence_length=seq_length,
+        blend=([s.prefix for s in cfg.sources], cfg.weights()),
+        split=cfg.split,
+        tokenizer=tokenizer,
+        reset_position_ids=cfg.reset_position_ids,
+        reset_attention_mask=False,
+        eod_mask_loss=cfg.eod_mask_loss,
+        create_attention_mask=False,
+        path_to_cache=cfg.cache_dir,
+        mid_level_dataset_surplus=cfg.mid_level_dataset_surplus,
+    )
+    if cfg.fim_rate > 0:
+        config = FIMGPTDatasetConfig(fim_rate=cfg.fim_rate, fim_spm_rate=cfg.fim_spm_rate,
+                                     fim_repo_level=cfg.mode == "repo", **common)
+        cls = FIMGPTDataset
+    else:
+        config = GPTDatasetConfig(**common)
+        cls = GPTDataset
+    for summary in summaries:
+        logger.info("data source %s: %d documents, %d tokens (%s)", summary.name, summary.documents,
+                    summary.tokens, summary.prefix)
+    train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
+    return train_ds, (valid_ds if valid_samples else None)

@@ -1,0 +1,128 @@
+"""Derive a Hugging Face tokenizer (vocab.json, merges.txt, tokenizer.json) from the tiktoken ranks.
+
+Why: acceptance 1 compares our tokenizer with an *independent* implementation (the Rust `tokenizers`
+BPE engine) built from the same ranks, and users who want a HF tokenizer directory get one offline.
+
+How the merges are recovered: a tiktoken rank table is a merge list in disguise. For every multi-byte
+token T with rank r, run byte-level BPE on T's bytes using only ranks < r; it stops at exactly two
+parts (a, b), and "a b" is merge number r - 256. For Qwen2.5's 151,643 ranks this yields 151,387 merges
+with no token left unreachable, in ~1.2 s. Byte-level symbols use the usual printable-byte mapping
+(bytes that are printable Latin-1 map to themselves, the other 68 to U+0100 upwards), written here from
+its definition. The pipeline around the BPE (NFC normaliser, Qwen2 split regex with Isolated behaviour,
+ByteLevel without its own regex, ByteLevel decoder) mirrors Qwen2's released tokenizer.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from data.tokenizer import QWEN2_PATTERN, SPECIAL_TOKENS, load_ranks
+
+
+def byte_to_symbol() -> Dict[int, str]:
+    """Map each byte to a printable character so byte-level tokens are valid JSON strings."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    mapping, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(0x100 + shifted)
+            shifted += 1
+    return mapping
+
+
+def _split_by_lower_ranks(token: bytes, rank: int, ranks: Dict[bytes, int]) -> List[bytes]:
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 1:
+        best_rank, best_at = None, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < rank and (best_rank is None or r < best_rank):
+                best_rank, best_at = r, i
+        if best_rank is None:
+            break
+        parts[best_at : best_at + 2] = [parts[best_at] + parts[best_at + 1]]
+    return parts
+
+
+def derive_merges(ranks: Dict[bytes, int]) -> List[Tuple[bytes, bytes]]:
+    """Merges in priority order (index = rank of the merged token - 256)."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) == 1:
+            continue
+        parts = _split_by_lower_ranks(token, rank, ranks)
+        if len(parts) != 2:
+            raise ValueError(
+                f"rank {rank} ({token!r}) is not the merge of two lower-ranked tokens ({len(parts)} parts): "
+                "these ranks cannot be expressed as a merges.txt"
+            )
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def build_hf_tokenizer(ranks: Optional[Dict[bytes, int]] = None, special_tokens: Optional[Dict[str, int]] = None):
+    """A `tokenizers.Tokenizer` equivalent to Qwen2.5's released tokenizer.json."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    ranks = ranks if ranks is not None else load_ranks()
+    special_tokens = special_tokens if special_tokens is not None else SPECIAL_TOKENS
+    sym = byte_to_symbol()
+    to_str = lambda b: "".join(sym[x] for x in b)  # noqa: E731
+    vocab = {to_str(token): rank for token, rank in ranks.items()}
+    merges = [(to_str(a), to_str(b)) for a, b in derive_merges(ranks)]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    first_special = len(ranks)
+    for name, token_id in sorted(special_tokens.items(), key=lambda item: item[1]):
+        if token_id != tok.get_vocab_size(with_added_tokens=True):
+            raise ValueError(f"special ids must follow the ranks densely: {name} has {token_id}")
+        tok.add_special_tokens([AddedToken(name, special=True, normalized=False)])
+    assert tok.token_to_id(min(special_tokens, key=special_tokens.get)) == first_special
+    return tok
+
+
+def export_hf_tokenizer(out_dir: Path, ranks_path: Optional[Path] = None) -> Path:
+    """Write tokenizer.json, vocab.json, merges.txt and a minimal tokenizer_config.json into out_dir.
+
+    Reuses an existing export (tests and the benchmark share one); delete the directory to rebuild.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "tokenizer.json").is_file():
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = build_hf_tokenizer(load_ranks(ranks_path))
+    tmp = out_dir / "tokenizer.json.tmp"
+    tok.save(str(tmp))
+    tok.model.save(str(out_dir))  # vocab.json + merges.txt
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "model_max_length": 131072,
+        "additional_special_tokens": list(SPECIAL_TOKENS)[1:],
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    tmp.rename(out_dir / "tokenizer.json")  # last, so a half-written export is never reused
+    return out_dir
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Export Qwen2.5's tokenizer as a HF tokenizer directory")
+    parser.add_argument("out_dir", type=Path)
+    args = parser.parse_args(argv)
+    print(export_hf_tokenizer(args.out_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Raw code/text -> Megatron .bin/.idx + report.  The logic lives in data/pipeline.py.
+
+    python data/prepare.py --input ~/repos --output-prefix data/out/code --mode repo --workers 8
+    python data/prepare.py --input stack.jsonl --output-prefix data/out/code --workers 8
+    python data/prepare.py --input math.jsonl --output-prefix data/out/math --mode text
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.filters import FilterConfig, parse_languages  # noqa: E402
+from data.pipeline import MODES, PrepareOptions, prepare  # noqa: E402
+from data.report import BadInputError  # noqa: E402
+
+
+def parse_args(argv=None) -> PrepareOptions:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, type=Path,
+                   help="directories (of source files; of repositories in repo mode) and/or JSONL files")
+    p.add_argument("--output-prefix", required=True, type=Path, help="writes PREFIX.bin, PREFIX.idx, PREFIX.report.json")
+    p.add_argument("--mode", choices=MODES, default="file", help="file-level, repo-level or plain text documents")
+    p.add_argument("--workers", type=int, default=1, help="tokenizer processes (output is identical for any value)")
+    p.add_argument("--seed", type=int, default=1234, help="recorded in the report (prepare itself is not random)")
+    p.add_argument("--strict", action="store_true", help="malformed input is an error instead of a counted skip")
+    p.add_argument("--seq-length", type=int, default=32768, help="repo mode: token budget per document (0: no split)")
+    p.add_argument("--tokenizer", default="qwen2.5", help="'qwen2.5' (offline) or a HF tokenizer directory")
+    p.add_argument("--tokenizer-backend", default="auto", choices=("auto", "tiktoken", "gigatoken"))
+    p.add_argument("--max-bytes", type=int, default=1_000_000, help="drop larger files (0: no limit)")
+    p.add_argument("--max-line-length", type=int, default=None,
+                   help="drop files with a longer line (default 1000 for file/repo, off for text; 0: off)")
+    p.add_argument("--no-dedupe", action="store_true", help="keep exact duplicates")
+    p.add_argument("--languages", default=None, help="keep only these languages, e.g. python,c")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="GLOB",
+                   help="directory/file names that are not inputs, e.g. .git node_modules site-packages")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    max_line = a.max_line_length if a.max_line_length is not None else (0 if a.mode == "text" else 1000)
+    return PrepareOptions(
+        inputs=a.input, output_prefix=a.output_prefix, mode=a.mode, workers=a.workers, seed=a.seed,
+        strict=a.strict, seq_length=a.seq_length, tokenizer=a.tokenizer, tokenizer_backend=a.tokenizer_backend,
+        filters=FilterConfig(max_bytes=a.max_bytes, max_line_length=max_line, dedupe=not a.no_dedupe,
+                             languages=parse_languages(a.languages)),
+        exclude=tuple(a.exclude), progress=not a.no_progress,
+    )
+
+
+def main(argv=None) -> int:
+    options = parse_args(argv)
+    try:
+        report = prepare(options)
+    except BadInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary(), file=sys.stderr)
+    print(f"wrote {options.output_prefix}.bin/.idx and {options.output_prefix}.report.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

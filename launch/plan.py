@@ -1,0 +1,44 @@
+"""Plan a recipe before launching it: layout, parameters per rank, peak memory per GPU, FLOPs, fit.
+
+    python launch/plan.py +recipe=7b                      # file stage, text report
+    python launch/plan.py +recipe=32b stage=repo plan.format=json
+    python launch/plan.py +recipe=7b parallel.tp=4 run.nodes=2 plan.meta_build=false
+
+The recipe is composed exactly as launch/pretrain.py composes it (same Hydra tree, same overrides) and checked
+by recipes.validate on its own world size (run.nodes x run.gpus_per_node); `plan.*` is a schema node that only
+this entry reads. The memory model is documented in recipes/planner.py. Exit status 1 when it does not fit.
+Hydra runs with its logging off and no output directory: a plan writes nothing.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from recipes import schema  # noqa: E402
+
+# A planner writes nothing: no run directory, no log file (prepended, so the user's own overrides still win).
+_QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none", "hydra.output_subdir=null", "hydra.run.dir=."]
+
+
+@hydra.main(config_path="../recipes", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")  # TE/apex fallback notices
+    from recipes.compose import to_recipe
+    from recipes.planner import make_plan, render
+
+    recipe = to_recipe(cfg)
+    plan = make_plan(recipe)
+    print(render(plan, recipe.plan.format))
+    if not plan.fits:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    schema.register()
+    sys.argv[1:1] = _QUIET
+    main()

@@ -1,0 +1,330 @@
+"""Every layout rule of a recipe, in one place, each failure naming the rule, the values and a fix.
+
+Why one validator: megatron-core checks some of these deep inside model construction (after minutes of
+imports and data indexing on hundreds of GPUs), others not at all (FP8 names, PP=2 with VPP>1 and batched
+p2p: wrong gradients, no error). Here they all run at compose time (`recipes.compose.to_recipe`) and again in
+the training loop with the real world size (`validate(recipe, world_size)`).
+
+Rules (name: condition; megatron-core 0.16.1 source of the constraint):
+- unknown-key: a key added with `+group.key=...` that the schema does not define. Hydra opens the struct flag
+  for appends and OmegaConf.to_object keeps such keys as plain attributes, so `+parallel.tpp=2` would otherwise
+  be dropped silently (a plain `parallel.tpp=2` already fails at compose time).
+- enum: string fields take one of their listed values (the dataclass schema only types them as str).
+- positive: sizes, batches and sequence length are >= 1.
+- tp-heads: num_attention_heads % tp == 0 (transformer_config.py:924).
+- tp-kv-groups: num_query_groups % tp == 0 or tp % num_query_groups == 0 (transformer_config.py:940). TP beyond
+  the KV heads is legal: each rank all-gathers QKV and keeps its group (attention.py:1398).
+- tp-qkv-rows: (heads + 2 x groups) x head_dim % tp == 0: ColumnParallelLinear splits the fused QKV rows
+  evenly (layers.py `divide`). Not implied by the two rules above: 7B at tp=28 passes both, fails this.
+- tp-ffn: ffn_hidden_size % tp == 0 (each rank's SwiGLU chunk of fc1 holds whole gate/up halves).
+- tp-vocab: vocab rows % tp == 0 (VocabParallelEmbedding and the output layer split rows evenly).
+- sp-needs-tp: sequence_parallel needs tp > 1 (model_parallel_config.py:409).
+- pp-layers: num_layers % (pp x vpp) == 0 (even split; offset = vp*L/VPP + pp_rank*L/(PP*VPP)).
+- vpp-needs-pp: vpp > 1 needs pp > 1 (interleaving has nothing to interleave otherwise).
+- pp2-vpp-p2p: pp == 2 and vpp > 1 needs batch_p2p_comm False: with batched send/recv the previous and
+  next rank are the same process and messages match in the wrong order -> silently wrong gradients
+  (DESIGN.md section 2; grad-norm 1.98 vs 0.417 measured).
+- cp-sequence: seq % (2 x cp) == 0 (load-balanced split into 2 x cp chunks).
+- sp-sequence: with SP the per-CP-rank length seq/cp is split over TP: (seq/cp) % tp == 0.
+- fp8-sequence: FP8 GEMMs need the per-CP-rank token count % 16 (32 for mxfp8), and with SP the per-TP-rank
+  count too.
+- fp8-impl / fp8-dtype / fp8-gpu / fp8-param: FP8 runs only in Transformer Engine (named explicitly, so `auto`
+  cannot silently fall back to the local spec without FP8), on bf16 models, with a recipe the GPU supports
+  (recipes.gpus: delayed/tensorwise need sm89+, blockwise sm90+, mxfp8 sm100+); fp8_param needs fp8.
+- recompute-layers: full (uniform) recompute checkpoints groups of recompute_num_layers layers; the group must
+  divide the layers of each model chunk (transformer_block.py:532 would index past the chunk).
+- positions: seq_length <= max_position_embeddings x yarn_factor (32,768 trained positions; 131,072 with
+  YaRN x4). Beyond that RoPE extrapolates untrained positions.
+- schedule: min_lr <= lr and warmup_iters < train_iters.
+- gpu: run.gpu names a row of recipes.gpus (memory and FP8 support come from it).
+World-size rules (only when the world size is known):
+- world-size: world % (tp x pp x cp) == 0; dp = world / (tp x pp x cp).
+- global-batch: global_batch_size % (micro_batch_size x dp) == 0.
+- vpp-microbatches: with vpp > 1 the micro-batch count per step is a multiple of pp (schedules.py:996-1015).
+Tied embeddings with PP are NOT a rule: megatron keeps a zero-initialised copy of the embedding on the last
+stage, all-reduces it from the first stage at construction (language_module.py:229) and all-reduces the two
+gradients in finalize_model_grads every step; the planner counts that copy's memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Optional
+
+from model.build import TRANSFORMER_IMPLS
+from model.shapes import ModelShape
+from recipes.gpus import FP8_RECIPE_MIN_CAPABILITY, GPUS
+from recipes.schema import Recipe
+
+ENUMS: dict[str, tuple[str, ...]] = {
+    "model.transformer_impl": TRANSFORMER_IMPLS,
+    "precision.dtype": ("bf16", "fp32"),
+    "precision.fp8": ("e4m3", "hybrid"),
+    "precision.fp8_recipe": tuple(FP8_RECIPE_MIN_CAPABILITY),
+    "precision.fp8_amax_compute_algo": ("max", "most_recent"),
+    "train.recompute": ("none", "selective", "full"),
+    "optimizer.decay_style": ("cosine", "linear", "constant"),
+    "stage.name": ("file", "repo", "sft", "dpo"),
+    "plan.format": ("text", "json"),
+}
+POSITIVE = ("parallel.tp", "parallel.pp", "parallel.vpp", "parallel.cp", "train.seq_length",
+            "train.micro_batch_size", "train.global_batch_size", "train.train_iters", "train.recompute_num_layers",
+            "run.nodes", "run.gpus_per_node")
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.rule}] {self.message}"
+
+
+class RecipeError(ValueError):
+    """A recipe breaks one or more layout rules; `violations` lists them all (not only the first)."""
+
+    def __init__(self, violations: list[Violation]):
+        self.violations = violations
+        lines = "\n".join(f"  {v}" for v in violations)
+        super().__init__(f"recipe breaks {len(violations)} rule(s):\n{lines}")
+
+    @property
+    def rules(self) -> list[str]:
+        return [v.rule for v in self.violations]
+
+
+def _get(recipe: Recipe, dotted: str):
+    node = recipe
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def tp_width_problems(shape: ModelShape, tp: int) -> list[tuple[str, str]]:
+    """(rule, what fails) for every tensor-parallel width rule that `tp` breaks on `shape`."""
+    heads, groups, d = shape.num_attention_heads, shape.num_query_groups, shape.head_dim
+    problems = []
+    if heads % tp:
+        problems.append(("tp-heads", f"does not divide num_attention_heads={heads}"))
+    if groups % tp and tp % groups:
+        problems.append(("tp-kv-groups", f"neither divides nor is a multiple of num_query_groups={groups}"))
+    qkv_rows = (heads + 2 * groups) * d
+    if qkv_rows % tp:
+        problems.append(("tp-qkv-rows", f"does not divide the fused QKV rows (heads + 2 x groups) x head_dim = "
+                                        f"({heads} + 2 x {groups}) x {d} = {qkv_rows}"))
+    if shape.ffn_hidden_size % tp:
+        problems.append(("tp-ffn", f"does not divide ffn_hidden_size={shape.ffn_hidden_size}"))
+    if shape.vocab_size % tp:
+        problems.append(("tp-vocab", f"does not divide the vocab rows={shape.vocab_size}"))
+    return problems
+
+
+def valid_tp_sizes(shape: ModelShape) -> list[int]:
+    """Every TP size that passes all width rules for `shape` (tp must divide the heads, so tp <= heads)."""
+    return [tp for tp in range(1, shape.num_attention_heads + 1) if not tp_width_problems(shape, tp)]
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def _fmt(values) -> str:
+    return "{" + ", ".join(str(v) for v in values) + "}"
+
+
+def _unknown_keys(node, path: str = "") -> list[Violation]:
+    """Attributes of the recipe's dataclass nodes that are not dataclass fields (see the unknown-key rule)."""
+    if isinstance(node, (list, tuple)):
+        return [v for i, item in enumerate(node) for v in _unknown_keys(item, f"{path}[{i}]")]
+    if not dataclasses.is_dataclass(node):
+        return []
+    fields = {f.name for f in dataclasses.fields(node)}
+    out = []
+    for key, value in vars(node).items():
+        dotted = f"{path}.{key}" if path else key
+        if key not in fields:
+            near = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = f"did you mean {path + '.' if path else ''}{near[0]}?" if near else f"fields: {sorted(fields)}"
+            out.append(Violation("unknown-key", f"{dotted} is not in the recipe schema (added with '+'); {hint}"))
+        else:
+            out += _unknown_keys(value, dotted)
+    return out
+
+
+def _check_fields(recipe: Recipe) -> list[Violation]:
+    out = _unknown_keys(recipe)
+    for name, allowed in ENUMS.items():
+        value = _get(recipe, name)
+        if value is None and name == "precision.fp8":
+            continue  # None = no FP8
+        if value not in allowed:
+            out.append(Violation("enum", f"{name}={value!r} is not one of {allowed}; use one of them"))
+    for name in POSITIVE:
+        value = _get(recipe, name)
+        if value < 1:
+            out.append(Violation("positive", f"{name}={value} must be >= 1"))
+    return out
+
+
+def _check_tensor_parallel(recipe: Recipe, shape: ModelShape) -> list[Violation]:
+    tp = recipe.parallel.tp
+    problems = tp_width_problems(shape, tp)
+    if not problems:
+        return []
+    fix = f"use tp in {_fmt(valid_tp_sizes(shape))}"
+    return [Violation(rule, f"parallel.tp={tp} {what} of shape {shape.name}; {fix}") for rule, what in problems]
+
+
+def _check_pipeline(recipe: Recipe, shape: ModelShape) -> list[Violation]:
+    p, train = recipe.parallel, recipe.train
+    out = []
+    layers = shape.num_layers
+    if layers % (p.pp * p.vpp):
+        pps = [k for k in _divisors(layers) if layers % (k * p.vpp) == 0]
+        vpps = [k for k in _divisors(layers) if layers % (p.pp * k) == 0]
+        out.append(Violation("pp-layers", f"parallel.pp x parallel.vpp = {p.pp} x {p.vpp} = {p.pp * p.vpp} does not "
+                             f"divide num_layers={layers} of shape {shape.name}; with vpp={p.vpp} use pp in "
+                             f"{_fmt(pps)}, or with pp={p.pp} use vpp in {_fmt(vpps)}"))
+    if p.vpp > 1 and p.pp == 1:
+        out.append(Violation("vpp-needs-pp", f"parallel.vpp={p.vpp} needs parallel.pp > 1; set parallel.vpp=1 "
+                             "or pipeline the model (parallel.pp >= 2)"))
+    if p.pp == 2 and p.vpp > 1 and p.batch_p2p_comm:
+        out.append(Violation("pp2-vpp-p2p", f"parallel.pp=2 with parallel.vpp={p.vpp} and batch_p2p_comm=True "
+                             "computes wrong gradients silently (send/recv peers are the same rank); set "
+                             "parallel.batch_p2p_comm=false"))
+    if train.recompute == "full" and layers % (p.pp * p.vpp) == 0:
+        per_chunk = layers // (p.pp * p.vpp)
+        if per_chunk % train.recompute_num_layers:
+            out.append(Violation("recompute-layers", f"train.recompute_num_layers={train.recompute_num_layers} "
+                                 f"does not divide the {per_chunk} layers of each model chunk (num_layers={layers} "
+                                 f"/ (pp x vpp = {p.pp * p.vpp})); use one of {_fmt(_divisors(per_chunk))}"))
+    return out
+
+
+def _check_sequence(recipe: Recipe, shape: ModelShape) -> list[Violation]:
+    p, prec, seq = recipe.parallel, recipe.precision, recipe.train.seq_length
+    out = []
+    if p.sp and p.tp == 1:
+        out.append(Violation("sp-needs-tp", "parallel.sp=true needs parallel.tp > 1; set parallel.sp=false or "
+                             "parallel.tp >= 2"))
+    if p.cp > 1 and seq % (2 * p.cp):
+        out.append(Violation("cp-sequence", f"train.seq_length={seq} is not divisible by 2 x cp = {2 * p.cp} "
+                             f"(context parallelism splits it into 2 x cp chunks); use a multiple of {2 * p.cp}"))
+    per_cp = seq // p.cp
+    if p.sp and p.tp > 1 and seq % p.cp == 0 and per_cp % p.tp:
+        out.append(Violation("sp-sequence", f"with sequence parallelism the per-CP-rank length seq_length / cp = "
+                             f"{seq} / {p.cp} = {per_cp} must be divisible by tp={p.tp}; use a seq_length "
+                             f"multiple of cp x tp = {p.cp * p.tp}"))
+    if prec.fp8 is not None:
+        align = 32 if prec.fp8_recipe == "mxfp8" else 16
+        lengths = {"per-CP-rank": (seq / p.cp, p.cp)}
+        if p.sp and p.tp > 1:
+            lengths["per-TP-rank (SP)"] = (seq / (p.cp * p.tp), p.cp * p.tp)
+        for what, (length, divisor) in lengths.items():
+            if length != int(length) or int(length) % align:
+                out.append(Violation("fp8-sequence", f"FP8 ({prec.fp8_recipe}) needs the {what} sequence length "
+                                     f"divisible by {align}; seq_length={seq} / {divisor} = {length:g}; use a "
+                                     f"seq_length multiple of {align * divisor}"))
+    limit = shape.max_position_embeddings * (recipe.model.yarn_factor or 1)
+    if seq > limit:
+        out.append(Violation("positions", f"train.seq_length={seq} exceeds the {int(limit)} positions the model "
+                             f"covers (max_position_embeddings={shape.max_position_embeddings} x yarn_factor="
+                             f"{recipe.model.yarn_factor}); set model.yarn_factor={seq / shape.max_position_embeddings:g}"
+                             f" or shorten train.seq_length"))
+    return out
+
+
+def _check_precision(recipe: Recipe) -> list[Violation]:
+    prec, out = recipe.precision, []
+    if prec.fp8_param and prec.fp8 is None:
+        out.append(Violation("fp8-param", "precision.fp8_param=true needs precision.fp8 (e4m3 or hybrid); set one "
+                             "or precision.fp8_param=false"))
+    gpu = GPUS.get(recipe.run.gpu.lower())
+    if gpu is None:
+        out.append(Violation("gpu", f"run.gpu={recipe.run.gpu!r} is not in recipes.gpus; use one of {sorted(GPUS)}"))
+    if prec.fp8 is None:
+        return out
+    if recipe.model.transformer_impl != "transformer_engine":
+        out.append(Violation("fp8-impl", f"precision.fp8={prec.fp8} runs only in Transformer Engine but "
+                             f"model.transformer_impl={recipe.model.transformer_impl}; set "
+                             "model.transformer_impl=transformer_engine or precision.fp8=null"))
+    if prec.dtype != "bf16":
+        out.append(Violation("fp8-dtype", f"precision.fp8 needs precision.dtype=bf16 (got {prec.dtype}); set "
+                             "precision.dtype=bf16 or precision.fp8=null"))
+    need = FP8_RECIPE_MIN_CAPABILITY.get(prec.fp8_recipe)
+    if gpu is not None and need is not None and gpu.compute_capability < need:
+        ok = [name for name, cap in FP8_RECIPE_MIN_CAPABILITY.items() if gpu.compute_capability >= cap]
+        fix = f"use precision.fp8_recipe in {_fmt(ok)}" if ok else "set precision.fp8=null (no FP8 on this GPU)"
+        out.append(Violation("fp8-gpu", f"precision.fp8_recipe={prec.fp8_recipe} needs compute capability "
+                             f">= {need[0]}.{need[1]} but run.gpu={gpu.name} is {gpu.compute_capability[0]}."
+                             f"{gpu.compute_capability[1]}; {fix}"))
+    return out
+
+
+def _check_schedule(recipe: Recipe) -> list[Violation]:
+    opt, train, out = recipe.optimizer, recipe.train, []
+    if opt.min_lr > opt.lr:
+        out.append(Violation("schedule", f"optimizer.min_lr={opt.min_lr} exceeds optimizer.lr={opt.lr}; lower "
+                             "min_lr"))
+    if opt.warmup_iters >= train.train_iters:
+        out.append(Violation("schedule", f"optimizer.warmup_iters={opt.warmup_iters} must be below "
+                             f"train.train_iters={train.train_iters}; shorten the warmup"))
+    return out
+
+
+def _check_world(recipe: Recipe, world_size: int) -> list[Violation]:
+    p, train = recipe.parallel, recipe.train
+    model_parallel = p.tp * p.pp * p.cp
+    if world_size % model_parallel:
+        return [Violation("world-size", f"world size {world_size} is not a multiple of tp x pp x cp = {p.tp} x "
+                          f"{p.pp} x {p.cp} = {model_parallel}; run on a multiple of {model_parallel} GPUs "
+                          f"(e.g. {model_parallel * -(-world_size // model_parallel)}) or change the layout")]
+    dp = world_size // model_parallel
+    per_step = train.micro_batch_size * dp
+    if train.global_batch_size % per_step:
+        low = train.global_batch_size // per_step * per_step or per_step
+        return [Violation("global-batch", f"train.global_batch_size={train.global_batch_size} is not a multiple of "
+                          f"micro_batch_size x dp = {train.micro_batch_size} x {dp} = {per_step}; use "
+                          f"{low} or {low + per_step}")]
+    microbatches = train.global_batch_size // per_step
+    if p.vpp > 1 and microbatches % p.pp:
+        return [Violation("vpp-microbatches", f"interleaved pipelining (vpp={p.vpp}) needs the micro-batches per "
+                          f"step, global_batch_size / (micro_batch_size x dp) = {microbatches}, to be a multiple "
+                          f"of pp={p.pp}; use global_batch_size={per_step * p.pp * max(1, microbatches // p.pp)}")]
+    return []
+
+
+def recipe_world_size(recipe: Recipe) -> int:
+    """The world size a recipe is tuned for: run.nodes x run.gpus_per_node."""
+    return recipe.run.nodes * recipe.run.gpus_per_node
+
+
+def check(recipe: Recipe, world_size: Optional[int] = None) -> list[Violation]:
+    """All violations of `recipe` (world-size rules only when `world_size` is given)."""
+    from train.megatron_args import model_shape  # the one shape-with-overrides function
+
+    out = _check_fields(recipe)
+    if any(v.rule == "positive" for v in out):
+        return out  # divisibility checks on zero or negative sizes would only add noise
+    try:
+        shape = model_shape(recipe)
+    except (KeyError, ValueError) as error:  # unknown shape name, or shrink overrides breaking GQA
+        return out + [Violation("shape", str(error).strip('"'))]
+    out += _check_tensor_parallel(recipe, shape)
+    out += _check_pipeline(recipe, shape)
+    out += _check_sequence(recipe, shape)
+    out += _check_precision(recipe)
+    out += _check_schedule(recipe)
+    if world_size is not None:
+        out += _check_world(recipe, world_size)
+    return out
+
+
+def validate(recipe: Recipe, world_size: Optional[int] = None) -> Recipe:
+    """Raise RecipeError listing every broken rule; return the recipe unchanged when it passes."""
+    violations = check(recipe, world_size)
+    if violations:
+        raise RecipeError(violations)
+    return recipe

@@ -1,0 +1,216 @@
+"""Acceptance 2 and 4 plus bad input: prepare.py output read back through megatron's IndexedDataset equals
+tokenizer(text) + [<|endoftext|>] in input order, is byte-identical for 1 and 2 workers, the report adds
+up, malformed input is counted (or one --strict error), and repo-level documents match the format token
+for token against HF `tokenizers` encoding the literal formatted string."""
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.filters import FilterConfig
+from data.hf_export import export_hf_tokenizer
+from data.pipeline import PrepareOptions, prepare, read_back
+from data.report import BadInputError
+from data.tokenizer import load_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(backend="tiktoken")  # prepare uses "auto" (gigatoken when installed)
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(export_hf_tokenizer(tmp_path_factory.mktemp("hf") / "qwen2.5") / "tokenizer.json"))
+
+
+def stdlib_sources(count):
+    paths = sorted((STDLIB / "json").glob("*.py")) + sorted((STDLIB / "email").glob("*.py"))
+    return [(str(p.relative_to(STDLIB)), p.read_text(encoding="utf-8")) for p in paths if p.stat().st_size > 50][:count]
+
+
+def write_jsonl_with_bad_lines(path):
+    """Good documents interleaved with one bad line per reason; returns (kept texts, expected skips)."""
+    good = stdlib_sources(30)
+    lines, kept = [], []
+    for i, (name, text) in enumerate(good):
+        field = "content" if i % 2 else "text"
+        lines.append(json.dumps({field: text, "path": name, "repo_name": "cpython"}))
+        kept.append(text)
+    bad = [
+        ('{"text": "unterminated', "malformed_json"),
+        ("[1, 2, 3]", "malformed_json"),
+        ('{"path": "x.py"}', "missing_content"),
+        ('{"text": "a\\u0000b"}', "binary"),
+        ('{"text": "lone \\ud800 surrogate"}', "invalid_utf8"),
+        ('{"text": "   \\n  "}', "empty"),
+        ("", "empty"),
+        (json.dumps({"text": "x" * 1500, "path": "min.js"}), "long_lines"),
+        (json.dumps({"content": good[0][1], "path": "copy.py"}), "duplicate"),
+    ]
+    expected = {}
+    for offset, (line, reason) in enumerate(bad):
+        lines.insert(3 + 3 * offset, line)
+        expected[reason] = expected.get(reason, 0) + 1
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8") + b'{"text": "\xff\xfe bad utf-8 bytes"}\n')
+    expected["malformed_json"] += 1  # raw invalid UTF-8 inside a JSON line cannot be parsed
+    return kept, expected, len(lines) + 1
+
+
+def run(inputs, prefix, workers=1, **kw):
+    return prepare(PrepareOptions(inputs=inputs, output_prefix=prefix, workers=workers, progress=False, **kw))
+
+
+def test_file_mode_jsonl_roundtrip_workers_and_report(tmp_path, tok):
+    jsonl = tmp_path / "in.jsonl"
+    kept, expected_skips, total_lines = write_jsonl_with_bad_lines(jsonl)
+    report1 = run([jsonl], tmp_path / "w1", workers=1)
+    report2 = run([jsonl], tmp_path / "w2", workers=2)
+    for suffix in (".bin", ".idx", ".report.json"):
+        assert (tmp_path / f"w1{suffix}").read_bytes() == (tmp_path / f"w2{suffix}").read_bytes(), suffix
+
+    docs = read_back(tmp_path / "w1")
+    assert len(docs) == len(kept)
+    for text, doc in zip(kept, docs):  # input order, tokenizer(text) + [eod]
+        assert doc.tolist() == tok.encode(text) + [tok.eod]
+
+    data = json.loads((tmp_path / "w1.report.json").read_text())
+    assert data["records"] == {"total": total_lines, "kept": len(kept), "skipped": total_lines - len(kept)}
+    assert {k: v["count"] for k, v in data["skipped"].items()} == expected_skips
+    assert data["documents"] == len(kept) and data["tokens"] == sum(len(d) for d in docs)
+    assert sum(v["tokens"] for v in data["languages"].values()) == data["tokens"]
+    assert data["languages"]["python"]["records"] == len(kept)  # language from the path's extension
+    assert any(":4: " in e for e in data["skipped"]["malformed_json"]["examples"])  # file:line examples
+    assert report1.to_dict() == report2.to_dict()
+
+
+def test_strict_is_one_clear_error(tmp_path, capsys):
+    jsonl = tmp_path / "in.jsonl"
+    write_jsonl_with_bad_lines(jsonl)
+    with pytest.raises(BadInputError) as error:
+        run([jsonl], tmp_path / "out", strict=True)
+    message = str(error.value)
+    for reason in ("malformed_json", "missing_content", "binary", "invalid_utf8", "empty"):
+        assert reason in message
+    assert "in.jsonl:4" in message and "without --strict" in message
+    assert not list(tmp_path.glob("out.*")), "no partial outputs after a strict failure"
+    # The CLI turns it into exit code 2 with the same message on stderr.
+    from data.prepare import main
+
+    assert main(["--input", str(jsonl), "--output-prefix", str(tmp_path / "cli"), "--strict", "--no-progress"]) == 2
+    assert "malformed_json" in capsys.readouterr().err
+
+
+def test_stdlib_directory_via_cli(tmp_path):
+    """The Python standard library directory is valid input; every file is kept or counted."""
+    prefix = tmp_path / "stdlib"
+    cli = subprocess.run([sys.executable, "data/prepare.py", "--input", str(STDLIB), "--output-prefix", str(prefix),
+                          "--workers", "2", "--exclude", "site-packages"],
+                         cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "prepare (file, 2 workers)" in cli.stderr  # the progress bar
+    files = sum(len(names) for _, _, names in _walk(STDLIB))
+    data = json.loads(Path(f"{prefix}.report.json").read_text())
+    assert data["records"]["total"] == files
+    assert data["documents"] > 1500 and data["languages"]["python"]["records"] > 1500
+    assert data["skipped"]["binary"]["count"] > 100  # .pyc files and friends, counted not lost
+
+
+def _walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "site-packages"]
+        yield dirpath, dirnames, filenames
+
+
+REPOS = {
+    "alpha": {
+        "README.md": "# alpha\n\nA tiny repo.\n",
+        "src/alpha/__init__.py": "from .core import add\n",
+        "src/alpha/core.py": "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n",
+        "tests/test_core.py": "from alpha import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n",
+        "data/blob.bin": b"\x00\x01\x02binary",
+    },
+    "beta": {"main.go": "package main\n\nfunc main() {\n\tprintln(\"hi\")\n}\n", "notes.txt": "  \n"},
+}
+
+
+def make_repos(root):
+    for repo, files in REPOS.items():
+        for rel, content in files.items():
+            path = root / repo / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    (root / "alpha" / "dangling.py").symlink_to(root / "missing.py")
+    (root / "stray.txt").write_text("not in a repo\n")
+
+
+def test_repo_level_format_token_for_token(tmp_path, hf):
+    make_repos(tmp_path / "repos")
+    report = run([tmp_path / "repos"], tmp_path / "repo", mode="repo", seq_length=0)
+    docs = read_back(tmp_path / "repo")
+    assert len(docs) == 2
+    for doc, repo in zip(docs, ["alpha", "beta"]):
+        texts = sorted((p, c) for p, c in REPOS[repo].items() if isinstance(c, str) and c.strip())
+        # The format written out literally (not with data.documents): HF encodes special tokens structurally.
+        formatted = f"<|repo_name|>{repo}\n" + "".join(f"<|file_sep|>{p}\n{c}\n" for p, c in texts) + "<|endoftext|>"
+        assert doc.tolist() == hf.encode(formatted, add_special_tokens=False).ids
+    skipped = {k: v["count"] for k, v in report.to_dict()["skipped"].items()}
+    assert skipped == {"binary": 1, "unreadable": 1, "empty": 1, "not_in_repo": 1}
+    assert report.records_kept == 5 and report.records_kept + report.records_skipped == 9
+
+
+def test_repo_split_to_sequence_budget(tmp_path, tok):
+    files = [(f"pkg/m{i:02d}.py", f"def f{i}(x):\n    return x * {i}\n" * (1 + i % 4)) for i in range(20)]
+    root = tmp_path / "repos" / "big"
+    for rel, content in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(content)
+    whole = read_back(_prepared(tmp_path, "whole", seq_length=0))[0]
+    budget = 128
+    chunks = read_back(_prepared(tmp_path, "split", seq_length=budget))
+    assert len(chunks) > 3 and all(len(c) <= budget for c in chunks)
+    header = [tok.special["<|repo_name|>"]] + tok.encode("big\n")
+    body = []
+    for chunk in chunks:
+        assert chunk[: len(header)].tolist() == header and chunk[-1] == tok.eod
+        body += chunk[len(header):-1].tolist()
+    assert header + body + [tok.eod] == whole.tolist()  # split only between files, nothing lost
+
+
+def _prepared(tmp_path, name, seq_length):
+    run([tmp_path / "repos"], tmp_path / name, mode="repo", seq_length=seq_length,
+        filters=FilterConfig(dedupe=False))
+    return tmp_path / name
+
+
+def test_repo_mode_jsonl_groups_consecutive_lines(tmp_path, hf):
+    rows = [{"repo_name": "r1", "path": "a.py", "content": "x = 1\n"},
+            {"repo_name": "r1", "path": "b.py", "content": "y = 2\n"},
+            {"repo_name": "r2", "path": "c.py", "content": "z = 3\n"}]
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    run([tmp_path / "r.jsonl"], tmp_path / "r", mode="repo")
+    docs = read_back(tmp_path / "r")
+    expected = ["<|repo_name|>r1\n<|file_sep|>a.py\nx = 1\n\n<|file_sep|>b.py\ny = 2\n\n<|endoftext|>",
+                "<|repo_name|>r2\n<|file_sep|>c.py\nz = 3\n\n<|endoftext|>"]
+    assert [d.tolist() for d in docs] == [hf.encode(e, add_special_tokens=False).ids for e in expected]
+
+
+def test_benchmark_smoke(tmp_path, capsys):
+    """bench/tokenize_throughput.py on a small tree: it asserts identical ids itself."""
+    from bench.tokenize_throughput import main
+
+    main(["--input", str(STDLIB / "json"), "--workers", "1", "--work-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "identical ids: yes" in out and "ratio:" in out
+    assert np.fromfile(tmp_path / "ours.bin", dtype=np.int32).size > 1000

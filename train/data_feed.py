@@ -1,0 +1,59 @@
+"""Micro-batches for the trainer: this data-parallel rank's share of each global batch, resumable.
+
+Every rank of a data-parallel replica (its TP, PP and CP peers) reads the same micro-batches; context
+parallelism slices them later (train.trainer.forward_step). With virtual pipeline stages each model chunk gets
+its own iterator over the same sequence, because megatron's interleaved schedule pulls per chunk.
+Samples are addressed by index: global batch b holds samples [b*G, (b+1)*G), so resuming at a consumed-sample
+count continues with exactly the samples an uninterrupted run would have seen, for any DP size.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Iterator, List
+
+from megatron.core import parallel_state
+
+from data.datasets import build_pretrain_datasets
+from data.loader import build_loader
+from data.tokenizer import load_tokenizer
+from recipes.schema import Recipe
+
+
+class DataFeed:
+    def __init__(self, recipe: Recipe, num_chunks: int, consumed_samples: int):
+        train = recipe.train
+        self.num_chunks = num_chunks
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        evaluations = train.train_iters // train.eval_interval + 1 if train.eval_interval else 0
+        train_ds, valid_ds = build_pretrain_datasets(
+            recipe.data,
+            seq_length=train.seq_length,
+            train_samples=train.train_iters * train.global_batch_size,
+            valid_samples=evaluations * train.eval_iters * train.global_batch_size,
+            seed=train.seed,
+            tokenizer=load_tokenizer(recipe.data.tokenizer),
+        )
+        self.has_validation = valid_ds is not None and train.eval_iters > 0
+        self._train = [self._loader(recipe, train_ds, consumed_samples) for _ in range(num_chunks)]
+        self._valid = (
+            [itertools.cycle(self._loader(recipe, valid_ds, 0)) for _ in range(num_chunks)]
+            if self.has_validation else []
+        )
+
+    def _loader(self, recipe: Recipe, dataset, consumed_samples: int) -> Iterator[dict]:
+        return iter(build_loader(
+            dataset,
+            micro_batch_size=recipe.train.micro_batch_size,
+            global_batch_size=recipe.train.global_batch_size,
+            dp_rank=self.dp_rank,
+            dp_size=self.dp_size,
+            consumed_samples=consumed_samples,
+            config=recipe.data,
+        ))
+
+    def train_iterators(self) -> List[Iterator[dict]]:
+        return self._train
+
+    def valid_iterators(self) -> List[Iterator[dict]]:
+        return self._valid

@@ -1,0 +1,101 @@
+"""The training run: validate the recipe, build the trainer, resume, iterate, evaluate, save, log.
+
+Order on start: process group -> layout validation against the real world size (fails in seconds, not after
+a 30-minute model build) -> Trainer (model, optimizer, schedule) -> resume from RUN_DIR/checkpoints, else
+initial weights from `checkpoint.load`, else fresh init -> data positioned at the consumed-sample count.
+A step that yields a NaN/Inf loss or gradient norm stops the run before the update is applied; the last
+complete checkpoint stays the resume point (no save happens on that path).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from recipes.schema import Recipe
+from recipes.validate import validate
+from train.checkpoint import CheckpointManager, TrainingState, load_weights
+from train.data_feed import DataFeed
+from train.distributed import init_process_group
+from train.metrics import MetricsLogger
+from train.trainer import Trainer
+
+log = logging.getLogger("train")
+
+
+def _setup_logging(run_dir: Path) -> None:
+    """One log file per rank under RUN_DIR/logs; rank 0 also logs to the console."""
+    rank = torch.distributed.get_rank()
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handlers = [logging.FileHandler(run_dir / "logs" / f"rank{rank}.log")]
+    if rank == 0:
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(message)s", handlers=handlers,
+                        force=True)
+    logging.getLogger("megatron").setLevel(logging.WARNING)  # dataset index chatter: megatron logs at INFO
+
+
+def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
+    """Train `recipe` to train.train_iters; returns the logged training records (rank 0; [] elsewhere)."""
+    init_process_group()
+    world_size = torch.distributed.get_world_size()
+    validate(recipe, world_size)
+    run_dir = Path(recipe.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(run_dir)
+
+    trainer = Trainer(recipe)
+    checkpoints = CheckpointManager(run_dir, keep_last=recipe.checkpoint.keep_last)
+    state = checkpoints.resume(trainer)
+    if state is not None:
+        log.info("resumed from %s at step %d", checkpoints.candidates()[0], state.step)
+    else:
+        state = TrainingState()
+        if recipe.checkpoint.load:
+            load_weights(trainer.model, Path(recipe.checkpoint.load))
+            trainer.optimizer.reload_model_params()
+            log.info("initial weights from %s", recipe.checkpoint.load)
+
+    feed = DataFeed(recipe, num_chunks=len(trainer.model), consumed_samples=state.consumed_samples)
+    metrics = MetricsLogger(recipe, trainer.shape, run_dir, world_size, recipe_dict)
+    metrics.start_progress(state.step, recipe.train.train_iters)
+    records = []
+    try:
+        records = _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict)
+    finally:
+        metrics.close()
+    if torch.distributed.get_rank() == 0 and recipe.logging.plots:
+        from train.plots import render_plots
+
+        render_plots(run_dir)
+    return records
+
+
+def _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict) -> list[dict]:
+    train_cfg = recipe.train
+    tokens_per_batch = train_cfg.global_batch_size * train_cfg.seq_length
+    records, window = [], dict(loss=0.0, seconds=0.0, steps=0)
+    while state.step < train_cfg.train_iters:
+        started = time.perf_counter()
+        result = trainer.train_step(state.step, feed.train_iterators())
+        state.step += 1
+        state.consumed_samples += train_cfg.global_batch_size
+        window["loss"] += result.loss
+        window["seconds"] += time.perf_counter() - started
+        window["steps"] += 1
+        metrics.advance()
+        if state.step % train_cfg.log_interval == 0 or state.step == train_cfg.train_iters:
+            steps = window["steps"]
+            records.append(metrics.log_train(
+                step=state.step, loss=window["loss"] / steps, lr=result.lr, grad_norm=result.grad_norm,
+                step_seconds=window["seconds"] / steps, tokens_in_batch=tokens_per_batch,
+                consumed_tokens=state.consumed_samples * train_cfg.seq_length))
+            window = dict(loss=0.0, seconds=0.0, steps=0)
+        if feed.has_validation and train_cfg.eval_interval and state.step % train_cfg.eval_interval == 0:
+            metrics.log_validation(state.step, trainer.evaluate(feed.valid_iterators(), train_cfg.eval_iters))
+        save_every = recipe.checkpoint.save_interval
+        if (save_every and state.step % save_every == 0) or state.step == train_cfg.train_iters:
+            path = checkpoints.save(trainer, state, recipe_dict)
+            log.info("saved %s", path)
+    return records

@@ -1,0 +1,60 @@
+"""Loss and throughput plots from RUN_DIR/metrics.jsonl, for users without W&B.
+
+Written at the end of a run and on demand (`python launch/plot.py RUN_DIR`). A resumed run re-logs the steps
+between its last checkpoint and the crash; the plot keeps the last record of each step (the one that counts).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: cluster nodes have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, float]]:
+    """(training records by step, validation loss by step), last record per step winning."""
+    train, valid = {}, {}
+    path = Path(run_dir) / "metrics.jsonl"
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{line_number} is not JSON ({error}); delete the partial last line") from error
+        if "val_loss" in record:
+            valid[record["step"]] = record["val_loss"]
+        else:
+            train[record["step"]] = record
+    return train, valid
+
+
+def render_plots(run_dir: Path) -> list[Path]:
+    """Write loss.png and throughput.png into run_dir; returns their paths."""
+    run_dir = Path(run_dir)
+    train, valid = read_metrics(run_dir)
+    steps = sorted(train)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(steps, [train[s]["loss"] for s in steps], label="train loss")
+    if valid:
+        axis.plot(sorted(valid), [valid[s] for s in sorted(valid)], "o-", label="validation loss")
+    axis.set(xlabel="step", ylabel="loss (nats/token)", title=run_dir.name)
+    axis.legend()
+    figure.tight_layout()
+    loss_png = run_dir / "loss.png"
+    figure.savefig(loss_png, dpi=100)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(steps, [train[s]["tokens_per_s"] for s in steps], label="tokens/s (all ranks)")
+    axis.set(xlabel="step", ylabel="tokens/s", title=f"{run_dir.name} throughput")
+    if any(train[s].get("mfu") for s in steps):
+        mfu_axis = axis.twinx()
+        mfu_axis.plot(steps, [100 * (train[s].get("mfu") or 0) for s in steps], "r--", label="MFU %")
+        mfu_axis.set_ylabel("MFU %")
+    figure.tight_layout()
+    throughput_png = run_dir / "throughput.png"
+    figure.savefig(throughput_png, dpi=100)
+    plt.close(figure)
+    return [loss_png, throughput_png]
