@@ -130,9 +130,9 @@ def build_pretrain_datasets(
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
     sizes = [train_samples, valid_samples, 0]
     summaries = validate_sources(cfg, sizes, tokenizer.vocab_size)
-    if cfg.cache_dir and len(cfg.sources) > 1 and not torch.distributed.is_initialized():
+    if cfg.cache_dir and not torch.distributed.is_initialized():
         raise RuntimeError(
-            "blending with data.cache_dir needs torch.distributed initialised (megatron's BlendedDataset asks "
+            "data.cache_dir needs torch.distributed initialised (megatron's BlendedDataset asks "
             "for the rank): call torch.distributed.init_process_group first (a 1-process gloo group will do)"
         )
     common = dict(

@@ -16,7 +16,8 @@ from typing import Optional, Sequence, Tuple
 
 # Reasons that are malformed input (what --strict refuses); the others are policy and never an error.
 BAD_INPUT_REASONS = (
-    "unreadable", "malformed_json", "missing_content", "invalid_utf8", "binary", "empty", "not_in_repo",
+    "unreadable", "malformed_json", "missing_content", "missing_repo", "invalid_utf8", "binary", "empty",
+    "not_in_repo",
 )
 POLICY_REASONS = ("too_large", "long_lines", "language_excluded", "duplicate")
 

@@ -18,8 +18,8 @@ Decisions:
   its tail (the last, usually partial, segment) *before* rearranging, so all sentinels survive. If the
   trim removes a whole FIM segment its 3 tokens are returned as <|fim_pad|> at the end, loss-masked.
   Cost: 3 tokens per FIM document, e.g. 0.5 x 3 docs x 3 / 8,193 = 0.05 % of an 8K window.
-- Seeded per sample: numpy Generator(SeedSequence([seed, split, index])), so sample i is the same after a
-  restart and for any data-parallel size (the index is global, not per rank).
+- Seeded per sample: Generator(SeedSequence([seed, split, index, hash of the source's file name])), so
+  sample i is the same after a restart and for any data-parallel size (the index is global, not per rank).
 - Repo-level samples (`repo_level=True`): FIM only inside the content of the last file of a segment: the
   region after the last <|file_sep|> and its path line (up to the first token containing a newline).
   A segment without <|file_sep|> (a window that starts mid-repository) gets no FIM.
@@ -27,6 +27,8 @@ Decisions:
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -60,8 +62,9 @@ class FIMSpec:
                 raise ValueError(f"FIM {name} must be in [0, 1], got {value}")
 
 
-def sample_rng(seed: int, split: int, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, split, index]))
+def sample_rng(seed: int, split: int, index: int, salt: int = 0) -> np.random.Generator:
+    """The FIM draws of one sample: a function of (seed, split, global sample index, dataset salt) only."""
+    return np.random.default_rng(np.random.SeedSequence([seed, split, index, salt]))
 
 
 def fim_region_start(segment: np.ndarray, spec: FIMSpec, newline_mask: Optional[np.ndarray]) -> int:
@@ -167,10 +170,14 @@ class FIMGPTDataset(GPTDataset):
             **_spec_ids(cfg.tokenizer),
         )
         self._newline_mask = _newline_mask_for(cfg.tokenizer) if cfg.fim_repo_level else None
+        # Sources draw differently for the same sample index; the salt comes from the prefix's file name
+        # only, so moving the data directory does not change any sample.
+        name = os.path.basename(self.dataset_path or "")
+        self._salt = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")
 
     def _query_document_sample_shuffle_indices(self, idx: int) -> Tuple[np.ndarray, np.ndarray]:
         text, document_ids = super()._query_document_sample_shuffle_indices(idx)
-        rng = sample_rng(self.config.random_seed, self.index_split.value, int(idx))
+        rng = sample_rng(self.config.random_seed, self.index_split.value, int(idx), self._salt)
         text, _ = apply_fim(text, self.fim, rng, self._newline_mask)
         return text, document_ids
 

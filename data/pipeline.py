@@ -24,7 +24,7 @@ from data import filters
 from data.documents import Document, content_key, file_document, repo_documents
 from data.report import Report
 from data.sources import (
-    CONTENT_FIELDS, LANGUAGE_FIELDS, PATH_FIELDS, FileUnit, LineUnit, RepoUnit, batched, first_str,
+    CONTENT_FIELDS, DEFAULT_EXCLUDE, LANGUAGE_FIELDS, PATH_FIELDS, FileUnit, RepoUnit, batched, first_str,
     iter_units, language_of, parse_json_line, total_input_bytes, unit_weight,
 )
 from data.tokenizer import QWEN_SPECS, VOCAB_SIZE, Tokenizer, load_tokenizer
@@ -46,7 +46,7 @@ class PrepareOptions:
     tokenizer: str = "qwen2.5"  # tokenizer spec, see data/tokenizer.py:load_tokenizer
     tokenizer_backend: str = "auto"  # auto | tiktoken | gigatoken (qwen2.5 spec only; ids are identical)
     filters: filters.FilterConfig = field(default_factory=filters.FilterConfig)
-    exclude: Tuple[str, ...] = ()  # glob patterns of directory/file names that are not inputs at all
+    exclude: Tuple[str, ...] = DEFAULT_EXCLUDE  # glob patterns of directory/file names that are not inputs
     progress: bool = True  # tqdm bar on stderr
 
 
@@ -155,7 +155,8 @@ def _output_paths(prefix: Path):
 def prepare(options: PrepareOptions) -> Report:
     """Run the pipeline; returns the report (also written to PREFIX.report.json).
 
-    Raises BadInputError (after removing partial outputs) when options.strict and malformed input was seen.
+    With options.strict, the first batch (~1 MiB) holding malformed input stops the run: the outputs are
+    removed and BadInputError lists every malformed record seen so far, by reason with examples.
     """
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
@@ -175,25 +176,27 @@ def prepare(options: PrepareOptions) -> Report:
         "exclude": list(options.exclude),
     }
     report = Report(**settings)
-    progress = _progress_bar(options)
     batches = batched(iter_units(options.inputs, options.mode, options.exclude))
-    seen_keys = set()
-    pool = None
-    builder = None
+    seen_keys: set = set()
+    pool = progress = builder = None
+    stopped = False
     try:
         if options.workers == 1:
             _init_worker(options)
             results = map(_process_batch, batches)
-        else:
+        else:  # fork before the progress bar starts its monitor thread
             pool = multiprocessing.get_context("fork").Pool(options.workers, _init_worker, (options,))
             results = pool.imap(_process_batch, batches, chunksize=1)
-        vocab_size = _vocab_size(options.tokenizer)
-        builder = IndexedDatasetBuilder(str(bin_path), dtype=DType.optimal_dtype(vocab_size))
+        progress = _progress_bar(options)
+        builder = IndexedDatasetBuilder(str(bin_path), dtype=DType.optimal_dtype(_vocab_size(options.tokenizer)))
         for weight, batch_results in results:
             for result in batch_results:
                 _consume(result, builder, report, seen_keys)
             if progress is not None:
                 progress.update(weight)
+            if options.strict and report.bad_input():
+                stopped = True  # fail fast: no point tokenizing hours of input that will be refused
+                break
         builder.finalize(str(idx_path))
     except BaseException:
         if builder is not None:
@@ -201,12 +204,13 @@ def prepare(options: PrepareOptions) -> Report:
         _remove(bin_path, idx_path)
         raise
     finally:
+        _WORKER.clear()
         if pool is not None:
             pool.terminate()
             pool.join()
         if progress is not None:
             progress.close()
-    if options.strict and report.bad_input():
+    if stopped:
         _remove(bin_path, idx_path, report_path)
         raise report.strict_error()
     report.write(report_path)

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.filters import FilterConfig, parse_languages  # noqa: E402
 from data.pipeline import MODES, PrepareOptions, prepare  # noqa: E402
 from data.report import BadInputError  # noqa: E402
+from data.sources import DEFAULT_EXCLUDE  # noqa: E402
 
 
 def parse_args(argv=None) -> PrepareOptions:
@@ -32,8 +33,8 @@ def parse_args(argv=None) -> PrepareOptions:
                    help="drop files with a longer line (default 1000 for file/repo, off for text; 0: off)")
     p.add_argument("--no-dedupe", action="store_true", help="keep exact duplicates")
     p.add_argument("--languages", default=None, help="keep only these languages, e.g. python,c")
-    p.add_argument("--exclude", nargs="*", default=[], metavar="GLOB",
-                   help="directory/file names that are not inputs, e.g. .git node_modules site-packages")
+    p.add_argument("--exclude", nargs="*", default=list(DEFAULT_EXCLUDE), metavar="GLOB",
+                   help="directory/file names that are not inputs (default: %(default)s; give none to include all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     max_line = a.max_line_length if a.max_line_length is not None else (0 if a.mode == "text" else 1000)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 from data.filters import BAD_INPUT_REASONS
 
@@ -54,7 +54,8 @@ class Report:
         return {reason: entry for reason, entry in self.skipped.items() if reason in BAD_INPUT_REASONS}
 
     def strict_error(self) -> BadInputError:
-        lines = [f"--strict: {sum(e['count'] for e in self.bad_input().values())} malformed input record(s):"]
+        count = sum(e["count"] for e in self.bad_input().values())
+        lines = [f"--strict: {count} malformed input record(s) (the run stops at the first ~1 MiB batch with any):"]
         for reason, entry in sorted(self.bad_input().items()):
             lines.append(f"  {reason}: {entry['count']}, e.g.")
             lines.extend(f"    {example}" for example in entry["examples"])

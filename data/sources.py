@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+DEFAULT_EXCLUDE = (".git", ".hg", ".svn")  # version-control internals are never source files
 CONTENT_FIELDS = ("content", "text")
 PATH_FIELDS = ("path", "max_stars_repo_path", "file_path", "filename")
 REPO_FIELDS = ("repo_name", "repo", "max_stars_repo_name")
@@ -164,11 +165,13 @@ def _repo_units_from_lines(lines: Iterator[LineUnit]) -> Iterator[RepoUnit]:
         record, _ = parse_json_line(line.raw)
         repo = first_str(record, REPO_FIELDS) if isinstance(record, dict) else None
         if repo is None:
-            # Malformed lines or lines without a repo name become their own unit; the worker reports why.
             if current is not None:
                 yield current
                 current = None
-            yield RepoUnit("", files=[line])
+            if isinstance(record, dict):
+                yield RepoUnit("", skips=[("missing_repo", line.origin, f"no string field among {list(REPO_FIELDS)}")])
+            else:  # not a JSON object: the worker reads it again and reports why
+                yield RepoUnit("", files=[line])
             continue
         if current is None or current.name != repo:
             if current is not None:

@@ -19,8 +19,13 @@ from omegaconf import DictConfig  # noqa: E402
 
 from recipes import schema  # noqa: E402
 
-# A planner writes nothing: no run directory, no log file (prepended, so the user's own overrides still win).
+# A planner writes nothing: no run directory, no log file (added unless the command line sets the same key).
 _QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none", "hydra.output_subdir=null", "hydra.run.dir=."]
+
+
+def _add_quiet_overrides(argv: list[str]) -> None:
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in argv[1:] if "=" in arg}
+    argv += [override for override in _QUIET if override.split("=", 1)[0] not in given]
 
 
 @hydra.main(config_path="../recipes", config_name="config", version_base=None)
@@ -40,5 +45,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     schema.register()
-    sys.argv[1:1] = _QUIET
+    _add_quiet_overrides(sys.argv)
     main()

@@ -29,14 +29,16 @@ keeps Q, K, V and its output (2q + 2kv, q = heads x d, kv = groups x d, divided 
 rank holds one whole KV group), the MLP keeps fc1's output and the SwiGLU output (2f + f, divided by tp):
     bytes/layer = T x [2 x (4h/sp_tp + 2q/tp + 2kv_r + 3f/tp) + 4 x heads/tp],  T = mbs x seq / cp tokens
 (x2 for DPO: chosen and rejected), kv_r = d x max(groups / tp, 1). E.g. 7B at TP2+SP: 79,416 bytes per token
-per layer, 0.61 GiB per layer at mbs 1 and seq 8192, 17.0 GiB for its 28 layers. FP8 is assumed to save no activation memory (conservative: TE keeps
-some linear inputs in FP8). Selective recompute of core attention is counted like none: under flash attention
-Q, K, V are the checkpoint's inputs and the output is linear_proj's saved input, so nothing is freed.
+per layer, 0.61 GiB per layer at mbs 1 and seq 8192, 17.0 GiB for its 28 layers. FP8 is assumed to save no
+activation memory (conservative: TE keeps some linear inputs in FP8). Selective recompute of core attention is
+counted like none: under flash attention Q, K, V are the checkpoint's inputs and the output is linear_proj's
+saved input, so nothing is freed.
 In-flight micro-batches on stage r (megatron's schedules.py warm-up counts, capped by the M micro-batches):
     pp = 1: one micro-batch of all L layers; 1F1B: min(pp - r, M) of L/pp layers each; interleaved:
     min(2 (pp - r - 1) + (vpp - 1) pp + 1, M vpp) model chunks of L/(pp vpp) layers each (stage 0 of pp=4,
     vpp=2 holds 11 chunks = 1.375 L layers, Narayanan et al. 2021's L (1 + (pp-1)/(pp vpp))).
-Context parallelism adds TE's ring-attention K/V send and receive buffers: 4 x kv_r x T bytes x 2.
+Context parallelism adds TE's ring-attention send and receive buffers of the rank's K and V: 2 x 2kv_r x T x 2
+bytes. With fp32 params (the tiny CPU recipes) every element is 4 bytes and a logit costs 12.
 """
 from __future__ import annotations
 
@@ -178,9 +180,9 @@ def stage_memory(recipe: Recipe, shape: ModelShape, layout: Layout) -> list[Stag
             m.activations = layers_held // group * tokens * hidden_shard * w_bytes + (group + 1) * layer_bytes
         else:
             m.activations = (layers_held + 1) * layer_bytes
-        if layout.cp > 1:
-            kv = 2 * shape.head_dim * max(shape.num_query_groups // layout.tp, 1)
-            m.activations += 2 * 2 * kv * tokens * w_bytes
+        if layout.cp > 1:  # ring attention: a send and a receive buffer of this rank's K and V
+            k_and_v = 2 * shape.head_dim * max(shape.num_query_groups // layout.tp, 1)
+            m.activations += 2 * k_and_v * tokens * w_bytes
         if stage == layout.pp - 1:
             m.logits = tokens * (shape.vocab_size // layout.tp) * (LOGIT_BYTES if not fp32 else 12)
             m.logits += 2 * tokens * hidden_shard * w_bytes  # final norm input and output

@@ -17,7 +17,8 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
 - tp-qkv-rows: (heads + 2 x groups) x head_dim % tp == 0: ColumnParallelLinear splits the fused QKV rows
   evenly (layers.py `divide`). Not implied by the two rules above: 7B at tp=28 passes both, fails this.
 - tp-ffn: ffn_hidden_size % tp == 0 (each rank's SwiGLU chunk of fc1 holds whole gate/up halves).
-- tp-vocab: vocab rows % tp == 0 (VocabParallelEmbedding and the output layer split rows evenly).
+- tp-vocab: vocab rows % tp == 0 (VocabParallelEmbedding and the output layer split rows evenly,
+  tensor_parallel/utils.py:118).
 - sp-needs-tp: sequence_parallel needs tp > 1 (model_parallel_config.py:409).
 - pp-layers: num_layers % (pp x vpp) == 0 (even split; offset = vp*L/VPP + pp_rank*L/(PP*VPP)).
 - vpp-needs-pp: vpp > 1 needs pp > 1 (interleaving has nothing to interleave otherwise).
@@ -35,15 +36,16 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
   divide the layers of each model chunk (transformer_block.py:532 would index past the chunk).
 - positions: seq_length <= max_position_embeddings x yarn_factor (32,768 trained positions; 131,072 with
   YaRN x4). Beyond that RoPE extrapolates untrained positions.
-- schedule: min_lr <= lr and warmup_iters < train_iters.
+- schedule: min_lr <= lr (optimizer_param_scheduler.py:148). A warmup longer than a short smoke run is fine:
+  train.trainer clamps it to train_iters - 1.
 - gpu: run.gpu names a row of recipes.gpus (memory and FP8 support come from it).
 World-size rules (only when the world size is known):
 - world-size: world % (tp x pp x cp) == 0; dp = world / (tp x pp x cp).
 - global-batch: global_batch_size % (micro_batch_size x dp) == 0.
 - vpp-microbatches: with vpp > 1 the micro-batch count per step is a multiple of pp (schedules.py:996-1015).
 Tied embeddings with PP are NOT a rule: megatron keeps a zero-initialised copy of the embedding on the last
-stage, all-reduces it from the first stage at construction (language_module.py:229) and all-reduces the two
-gradients in finalize_model_grads every step; the planner counts that copy's memory.
+stage, all-reduces it from the first stage at construction (language_module.py:245) and all-reduces the two
+gradients in finalize_model_grads every step (finalize_model_grads.py:164); the planner counts the copy.
 """
 from __future__ import annotations
 
@@ -227,12 +229,14 @@ def _check_sequence(recipe: Recipe, shape: ModelShape) -> list[Violation]:
                 out.append(Violation("fp8-sequence", f"FP8 ({prec.fp8_recipe}) needs the {what} sequence length "
                                      f"divisible by {align}; seq_length={seq} / {divisor} = {length:g}; use a "
                                      f"seq_length multiple of {align * divisor}"))
-    limit = shape.max_position_embeddings * (recipe.model.yarn_factor or 1)
+    yarn = recipe.model.yarn_factor
+    limit = shape.max_position_embeddings * (yarn or 1)
     if seq > limit:
+        covered = f"max_position_embeddings={shape.max_position_embeddings}"
+        covered += f" x yarn_factor={yarn:g}" if yarn else ""
         out.append(Violation("positions", f"train.seq_length={seq} exceeds the {int(limit)} positions the model "
-                             f"covers (max_position_embeddings={shape.max_position_embeddings} x yarn_factor="
-                             f"{recipe.model.yarn_factor}); set model.yarn_factor={seq / shape.max_position_embeddings:g}"
-                             f" or shorten train.seq_length"))
+                             f"covers ({covered}); set model.yarn_factor={seq / shape.max_position_embeddings:g} "
+                             "or shorten train.seq_length"))
     return out
 
 
@@ -264,14 +268,11 @@ def _check_precision(recipe: Recipe) -> list[Violation]:
 
 
 def _check_schedule(recipe: Recipe) -> list[Violation]:
-    opt, train, out = recipe.optimizer, recipe.train, []
+    opt = recipe.optimizer
     if opt.min_lr > opt.lr:
-        out.append(Violation("schedule", f"optimizer.min_lr={opt.min_lr} exceeds optimizer.lr={opt.lr}; lower "
-                             "min_lr"))
-    if opt.warmup_iters >= train.train_iters:
-        out.append(Violation("schedule", f"optimizer.warmup_iters={opt.warmup_iters} must be below "
-                             f"train.train_iters={train.train_iters}; shorten the warmup"))
-    return out
+        return [Violation("schedule", f"optimizer.min_lr={opt.min_lr} exceeds optimizer.lr={opt.lr}; lower min_lr "
+                          f"to at most {opt.lr}")]
+    return []
 
 
 def _check_world(recipe: Recipe, world_size: int) -> list[Violation]:

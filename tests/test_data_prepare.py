@@ -32,7 +32,8 @@ def tok():
 def hf(tmp_path_factory):
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(export_hf_tokenizer(tmp_path_factory.mktemp("hf") / "qwen2.5") / "tokenizer.json"))
+    directory = export_hf_tokenizer(tmp_path_factory.getbasetemp() / "qwen2.5-hf")  # shared per session
+    return Tokenizer.from_file(str(directory / "tokenizer.json"))
 
 
 def stdlib_sources(count):
@@ -152,6 +153,8 @@ def make_repos(root):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content if isinstance(content, bytes) else content.encode())
     (root / "alpha" / "dangling.py").symlink_to(root / "missing.py")
+    (root / "alpha" / ".git").mkdir()
+    (root / "alpha" / ".git" / "config").write_text("[core]\n")  # VCS internals are not inputs
     (root / "stray.txt").write_text("not in a repo\n")
 
 
@@ -197,9 +200,12 @@ def _prepared(tmp_path, name, seq_length):
 def test_repo_mode_jsonl_groups_consecutive_lines(tmp_path, hf):
     rows = [{"repo_name": "r1", "path": "a.py", "content": "x = 1\n"},
             {"repo_name": "r1", "path": "b.py", "content": "y = 2\n"},
+            {"path": "orphan.py", "content": "o = 0\n"},
             {"repo_name": "r2", "path": "c.py", "content": "z = 3\n"}]
     (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    run([tmp_path / "r.jsonl"], tmp_path / "r", mode="repo")
+    report = run([tmp_path / "r.jsonl"], tmp_path / "r", mode="repo")
+    assert report.skipped["missing_repo"]["examples"] == [f"{tmp_path / 'r.jsonl'}:3: no string field among "
+                                                          "['repo_name', 'repo', 'max_stars_repo_name']"]
     docs = read_back(tmp_path / "r")
     expected = ["<|repo_name|>r1\n<|file_sep|>a.py\nx = 1\n\n<|file_sep|>b.py\ny = 2\n\n<|endoftext|>",
                 "<|repo_name|>r2\n<|file_sep|>c.py\nz = 3\n\n<|endoftext|>"]

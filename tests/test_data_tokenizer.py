@@ -17,7 +17,8 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    return export_hf_tokenizer(tmp_path_factory.mktemp("hf") / "qwen2.5")
+    # One export per session (basetemp is shared by every module): test_data_prepare reuses it.
+    return export_hf_tokenizer(tmp_path_factory.getbasetemp() / "qwen2.5-hf")
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +108,19 @@ def test_equals_hf_tokenizers_on_every_stdlib_file(hf):
     # Round trip (NFC is part of the tokenizer, as in Qwen2's tokenizer.json).
     for path, text in texts[:300]:
         assert tok.decode(tok.encode(text)) == nfc(text), path
+
+
+def test_gigatoken_cache_recycling_keeps_ids(monkeypatch):
+    """gigatoken is rebuilt every GIGATOKEN_RECYCLE_CHARS to bound its cache; the ids must not change."""
+    import data.tokenizer as tokenizer_module
+
+    tok = load_tokenizer(backend="auto")
+    if tok.backend != "gigatoken":
+        pytest.skip("gigatoken is not installed (the tiktoken backend has no cache to recycle)")
+    monkeypatch.setattr(tokenizer_module, "GIGATOKEN_RECYCLE_CHARS", 100)
+    texts = [f"def f{i}(x):\n    return x * {i}  # é\n" * 3 for i in range(10)]
+    first = tok._giga
+    ids = [tok.encode(t) for t in texts] + [a.tolist() for a in tok.encode_batch(texts)]
+    assert tok._giga is not first
+    reference = load_tokenizer(backend="tiktoken")
+    assert ids == [reference.encode(t) for t in texts] * 2

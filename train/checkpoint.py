@@ -24,8 +24,11 @@ from typing import List, Optional
 import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from torch.distributed.checkpoint.api import CheckpointException
 
 LATEST = "latest"
+# torch.distributed.checkpoint reports a corrupt shard file as CheckpointException, a BaseException.
+_UNREADABLE = (Exception, CheckpointException)
 _OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_sharded_model_space"}
 
 
@@ -168,7 +171,7 @@ class CheckpointManager:
         for directory in self.candidates():
             try:
                 return self._load(trainer, directory)
-            except Exception as error:  # noqa: BLE001 - each failure is reported below, none is hidden
+            except _UNREADABLE as error:  # each failure is warned about now and listed if none loads
                 failures.append(f"{directory}: {type(error).__name__}: {error}")
                 warnings.warn(f"checkpoint {directory} is unreadable ({type(error).__name__}: {error}); "
                               "trying the previous complete checkpoint", stacklevel=2)

@@ -78,7 +78,7 @@ def _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict) -> l
     records, window = [], dict(loss=0.0, seconds=0.0, steps=0)
     while state.step < train_cfg.train_iters:
         started = time.perf_counter()
-        result = trainer.train_step(state.step, feed.train_iterators())
+        result = trainer.train_step(state.step + 1, feed.train_iterators())  # 1-based, as logged
         state.step += 1
         state.consumed_samples += train_cfg.global_batch_size
         window["loss"] += result.loss

@@ -57,6 +57,7 @@ class MetricsLogger:
         self.progress = None
         if not self.enabled:
             return
+        _drop_partial_last_line(self.jsonl_path)
         if recipe.logging.wandb:
             import wandb
 
@@ -122,6 +123,15 @@ class MetricsLogger:
             self.progress.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """A kill -9 mid-write can leave half a JSON line; cut it so a resumed run appends whole records."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def _stable_run_id(run_dir: Path) -> str:

@@ -1,0 +1,78 @@
+"""Shared by the end-to-end tests: a small real-code dataset and a torchrun launcher for launch/pretrain.py."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+# Small, fast settings for the tiny shape: 64-token samples, 4 per global batch, one log line per step.
+FAST = ["train.seq_length=64", "train.micro_batch_size=2", "train.global_batch_size=4", "train.log_interval=1",
+        "optimizer.warmup_iters=2", "data.num_workers=0", "logging.progress_bar=false"]
+
+
+def prepare_code_dataset(out_dir: Path, packages=("json", "email", "asyncio")) -> Path:
+    """Tokenize a few standard-library packages (real code, ~5 MB) into PREFIX.bin/.idx; returns PREFIX."""
+    prefix = out_dir / "stdlib_subset"
+    inputs = [str(STDLIB / name) for name in packages]
+    subprocess.run([sys.executable, str(REPO / "data" / "prepare.py"), "--input", *inputs,
+                    "--output-prefix", str(prefix), "--workers", "1", "--no-progress"],
+                   check=True, cwd=REPO, capture_output=True, text=True)
+    return prefix
+
+
+def pretrain_command(nproc: int, overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(REPO / "launch" / "pretrain.py"), *overrides]
+
+
+def environment() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1")
+
+
+def run_pretrain(nproc: int, overrides: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    completed = subprocess.run(pretrain_command(nproc, overrides), cwd=REPO, env=environment(),
+                               capture_output=True, text=True, timeout=timeout)
+    return completed
+
+
+def start_pretrain(nproc: int, overrides: list[str], log_path: Path) -> subprocess.Popen:
+    """Start in its own process group so a test can SIGKILL torchrun and every rank at once."""
+    log = log_path.open("w")
+    return subprocess.Popen(pretrain_command(nproc, overrides), cwd=REPO, env=environment(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"gave up waiting for {what} after {timeout} s")
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """Training loss by step from metrics.jsonl; a step re-run after a resume keeps its last record."""
+    losses = {}
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return losses
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if "loss" in record:
+            losses[record["step"]] = record["loss"]
+    return losses

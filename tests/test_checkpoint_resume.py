@@ -1,0 +1,116 @@
+"""Checkpoints under failure: kill -9 and exact resume, a truncated checkpoint, resharded resume, the NaN guard.
+
+All runs are launch/pretrain.py on 2 CPU ranks (tiny shape, TP2, fp32, 64-token samples) over real code.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+
+import pytest
+
+from tests.run_helpers import (FAST, kill_group, prepare_code_dataset, run_pretrain, start_pretrain, train_losses,
+                               wait_for)
+
+STEPS, SAVE_EVERY = 12, 3
+
+
+def _overrides(run_dir, prefix, steps=STEPS, *extra):
+    return ["+recipe=tiny", *FAST, f"train.train_iters={steps}", "train.eval_interval=0",
+            f"checkpoint.save_interval={SAVE_EVERY}", f"run.dir={run_dir}",
+            f"data.sources=[{{name: code, prefix: {prefix}, weight: 1.0}}]", *extra]
+
+
+def _ok(completed):
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    return completed
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    return root, prepare_code_dataset(root)
+
+
+@pytest.fixture(scope="module")
+def baseline(work):
+    """An uninterrupted run: the reference losses, and checkpoints at steps 9 and 12 (keep_last=2)."""
+    root, prefix = work
+    run_dir = root / "baseline"
+    _ok(run_pretrain(2, _overrides(run_dir, prefix)))
+    return run_dir
+
+
+def test_sigkill_then_restart_reproduces_every_later_loss_bit_for_bit(work, baseline):
+    root, prefix = work
+    run_dir = root / "killed"
+    kill_after = random.Random().randint(SAVE_EVERY + 1, STEPS - 2)  # some step after the first checkpoint
+    print(f"killing after step {kill_after}")
+    process = start_pretrain(2, _overrides(run_dir, prefix), root / "killed.log")
+    try:
+        wait_for(lambda: kill_after in train_losses(run_dir), timeout=300, what=f"step {kill_after}")
+    finally:
+        kill_group(process)
+    assert (run_dir / "checkpoints" / "latest").exists()
+    assert STEPS not in train_losses(run_dir), "the run finished before it could be killed"
+    _ok(run_pretrain(2, _overrides(run_dir, prefix)))
+    expected, resumed = train_losses(baseline), train_losses(run_dir)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    assert resumed == expected  # exact float equality, every step
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(work, baseline):
+    root, prefix = work
+    run_dir = root / "truncated"
+    shutil.copytree(baseline, run_dir)
+    (run_dir / "metrics.jsonl").unlink()
+    newest = run_dir / "checkpoints" / "step_00000012"
+    victim = max(newest.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    completed = _ok(run_pretrain(2, _overrides(run_dir, prefix)))
+    assert "step_00000012 is unreadable" in completed.stderr + completed.stdout
+    resumed, expected = train_losses(run_dir), train_losses(baseline)
+    assert sorted(resumed) == [10, 11, 12]  # resumed from step 9
+    assert all(resumed[s] == expected[s] for s in resumed)
+
+
+def test_all_checkpoints_broken_is_one_clear_error(work, baseline):
+    root, prefix = work
+    run_dir = root / "broken"
+    shutil.copytree(baseline, run_dir)
+    for step_dir in (run_dir / "checkpoints").glob("step_*"):
+        (step_dir / "metadata.json").unlink()
+    completed = run_pretrain(2, _overrides(run_dir, prefix))
+    assert completed.returncode != 0
+    output = completed.stdout + completed.stderr
+    assert "no checkpoint in" in output and "could be loaded" in output
+    assert "step_00000012/metadata.json is missing" in output and "step_00000009/metadata.json is missing" in output
+
+
+@pytest.mark.parametrize("layout", [["parallel.tp=1"], ["parallel.tp=1", "parallel.pp=2"]], ids=["tp1-dp2", "pp2"])
+def test_resume_at_another_layout_continues_with_the_same_loss(work, baseline, layout):
+    root, prefix = work
+    continued = root / "continued-tp2"
+    if not continued.exists():
+        shutil.copytree(baseline, continued)
+        _ok(run_pretrain(2, _overrides(continued, prefix, STEPS + 1)))
+    resharded = root / ("resharded-" + "-".join(o.replace("parallel.", "").replace("=", "") for o in layout))
+    shutil.copytree(baseline, resharded)
+    completed = _ok(run_pretrain(2, _overrides(resharded, prefix, STEPS + 1, *layout)))
+    assert "resharded" in completed.stderr + completed.stdout
+    expected, actual = train_losses(continued)[STEPS + 1], train_losses(resharded)[STEPS + 1]
+    assert abs(actual - expected) <= 1e-6, (actual, expected)
+
+
+def test_nan_guard_stops_before_the_update_and_saves_nothing_after(work):
+    root, prefix = work
+    run_dir = root / "diverging"
+    # lr 1e30: Adam moves every weight by ~1e30 in step 1, so step 2's logits overflow to a NaN loss.
+    completed = run_pretrain(2, _overrides(run_dir, prefix, 6, "optimizer.lr=1e30", "optimizer.warmup_iters=0",
+                                           "checkpoint.save_interval=1"))
+    assert completed.returncode != 0
+    output = completed.stdout + completed.stderr
+    assert "TrainingDiverged: step 2: loss is nan" in output
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+    assert checkpoints == ["step_00000001"]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000001"
