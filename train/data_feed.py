@@ -8,7 +8,6 @@ count continues with exactly the samples an uninterrupted run would have seen, f
 """
 from __future__ import annotations
 
-import itertools
 from typing import Iterator, List
 
 from megatron.core import parallel_state
@@ -36,10 +35,7 @@ class DataFeed:
         )
         self.has_validation = valid_ds is not None and train.eval_iters > 0
         self._train = [self._loader(recipe, train_ds, consumed_samples) for _ in range(num_chunks)]
-        self._valid = (
-            [itertools.cycle(self._loader(recipe, valid_ds, 0)) for _ in range(num_chunks)]
-            if self.has_validation else []
-        )
+        self._valid = [self._endless(recipe, valid_ds) for _ in range(num_chunks)] if self.has_validation else []
 
     def _loader(self, recipe: Recipe, dataset, consumed_samples: int) -> Iterator[dict]:
         return iter(build_loader(
@@ -51,6 +47,11 @@ class DataFeed:
             consumed_samples=consumed_samples,
             config=recipe.data,
         ))
+
+    def _endless(self, recipe: Recipe, dataset) -> Iterator[dict]:
+        """Validation batches forever: re-reads the split instead of caching it (itertools.cycle would)."""
+        while True:
+            yield from self._loader(recipe, dataset, 0)
 
     def train_iterators(self) -> List[Iterator[dict]]:
         return self._train
