@@ -117,6 +117,9 @@ class CheckpointConfig:
     """Initial weights (a converted Hugging Face checkpoint) when the run dir has no checkpoint yet."""
     keep_last: int = 2
     """Complete checkpoints kept in the run dir; older ones are deleted after a newer one is complete."""
+    reshardable_optimizer: bool = False
+    """Save the distributed optimizer so any TP/PP/CP layout can resume it (all-gathers over DP at each save);
+    False writes per-rank shards with no communication, resumable at another DP size only."""
 
 
 @dataclass

@@ -114,3 +114,45 @@ def test_nan_guard_stops_before_the_update_and_saves_nothing_after(work):
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
     assert checkpoints == ["step_00000001"]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000001"
+
+
+# ---- the distributed optimizer (every shipped GPU recipe uses it) ----------------------------------------------
+DISTOPT = ["parallel.tp=1", "parallel.distributed_optimizer=true"]
+
+
+def _rewind_to(run_dir, step: int) -> None:
+    """Make `step` the newest complete checkpoint, as if the run had died right after saving it."""
+    checkpoints = run_dir / "checkpoints"
+    for later in checkpoints.glob("step_*"):
+        if int(later.name.split("_")[1]) > step:
+            shutil.rmtree(later)
+    (checkpoints / "latest").write_text(f"step_{step:08d}\n")
+    (run_dir / "metrics.jsonl").unlink()
+
+
+@pytest.mark.parametrize("reshardable", [False, True], ids=["dp_reshardable", "fully_reshardable"])
+def test_distributed_optimizer_resume(work, reshardable):
+    root, prefix = work
+    flag = f"checkpoint.reshardable_optimizer={str(reshardable).lower()}"
+    reference = root / f"distopt-{reshardable}"
+    _ok(run_pretrain(2, _overrides(reference, prefix, 6, *DISTOPT, flag)))
+    expected = train_losses(reference)
+
+    same_layout = root / f"distopt-{reshardable}-resumed"
+    shutil.copytree(reference, same_layout)
+    _rewind_to(same_layout, 3)
+    _ok(run_pretrain(2, _overrides(same_layout, prefix, 6, *DISTOPT, flag)))
+    assert train_losses(same_layout) == {s: expected[s] for s in (4, 5, 6)}  # bit for bit
+
+    other_layout = root / f"distopt-{reshardable}-tp2"
+    shutil.copytree(reference, other_layout)
+    _rewind_to(other_layout, 3)
+    completed = run_pretrain(2, _overrides(other_layout, prefix, 4, "parallel.tp=2",
+                                           "parallel.distributed_optimizer=true", flag))
+    if reshardable:
+        _ok(completed)
+        assert abs(train_losses(other_layout)[4] - expected[4]) <= 1e-6
+    else:
+        assert completed.returncode != 0
+        output = completed.stdout + completed.stderr
+        assert "dp_reshardable format" in output and "checkpoint.reshardable_optimizer=true" in output

@@ -29,7 +29,11 @@ from torch.distributed.checkpoint.api import CheckpointException
 LATEST = "latest"
 # torch.distributed.checkpoint reports a corrupt shard file as CheckpointException, a BaseException.
 _UNREADABLE = (Exception, CheckpointException)
-_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_sharded_model_space"}
+# How megatron's distributed optimizer lays out its state (megatron-core 0.16.1 can no longer save the old
+# "fully_sharded_model_space": ShardedTensor.flattened_range is refused). dp_reshardable: every rank writes
+# its own shard, no communication, resumable at another DP size only. fully_reshardable: all-gathers each
+# buffer over DP at save time, resumable at any TP/PP/CP/DP. Non-distributed optimizers reshard either way.
+SHARDING_TYPES = {False: "dp_reshardable", True: "fully_reshardable"}
 
 
 class CheckpointError(RuntimeError):
@@ -76,10 +80,67 @@ def _restore_rng(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _sharded_state(trainer, is_loading: bool) -> dict:
+def _materialize_adam_state(optimizer) -> None:
+    """torch Adam creates its state at the first step; megatron's distributed optimizer, without TE/apex
+    FusedAdam, asserts a common "step" when asked for its state dict (distrib_optimizer.py:642), so a fresh
+    optimizer cannot describe what to load. Zero tensors of the right shapes are overwritten in place by the load."""
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = chained.optimizer
+        if not isinstance(inner, torch.optim.Adam):
+            continue  # TE/apex FusedAdam keeps "step" in its param groups
+        for group in inner.param_groups:
+            for param in group["params"]:
+                if not inner.state[param]:
+                    inner.state[param] = {"step": torch.zeros((), dtype=torch.float32),
+                                          "exp_avg": torch.zeros_like(param),
+                                          "exp_avg_sq": torch.zeros_like(param)}
+
+
+def _load_optimizer_state(optimizer, state: dict) -> None:
+    """optimizer.load_state_dict, with torch Adam's per-parameter "step" kept out of megatron's way.
+
+    Without TE/apex, megatron-core 0.16.1's distributed optimizer runs torch Adam, whose state holds a "step"
+    tensor, but its loaders assume it does not: the dp_reshardable loader copies "step" from the load template
+    into ONE step tensor shared by all parameters (distrib_optimizer.py:817 and :940; measured: step 0 instead
+    of 3, loss 11.660 instead of 11.752 two steps after a resume), and the fully_reshardable loader raises
+    KeyError('step') (:2100 skips it, :940 expects it). So each parameter's buffers are copied without "step",
+    and every parameter then gets its own step from the param group, which megatron restores correctly.
+    """
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(chained.optimizer, torch.optim.Adam) and hasattr(chained, "_set_main_param_and_optimizer_states"):
+            chained._set_main_param_and_optimizer_states = _without_adam_step(chained)
+    with torch.no_grad():  # fp32 + distributed optimizer: its main params are views of the model's leaves
+        optimizer.load_state_dict(state)
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = chained.optimizer
+        vars(chained).pop("_set_main_param_and_optimizer_states", None)
+        for group in inner.param_groups:
+            for param in group["params"]:
+                if "step" in group and "step" in inner.state.get(param, {}):
+                    inner.state[param]["step"] = torch.tensor(float(group["step"]), dtype=torch.float32)
+
+
+def _without_adam_step(distributed_optimizer):
+    copy_states = type(distributed_optimizer)._set_main_param_and_optimizer_states
+
+    def copy_states_but_step(model_param, tensors):
+        group_index, group_order = distributed_optimizer.model_param_group_index_map[model_param]
+        main_param = distributed_optimizer.optimizer.param_groups[group_index]["params"][group_order]
+        state = distributed_optimizer.optimizer.state[main_param]
+        step = state.pop("step", None)
+        try:
+            copy_states(distributed_optimizer, model_param, {k: v for k, v in tensors.items() if k != "step"})
+        finally:
+            if step is not None:
+                state["step"] = step
+
+    return copy_states_but_step
+
+
+def _sharded_state(trainer, is_loading: bool, metadata: dict) -> dict:
     state = _model_state_dict(trainer.model)
     state["optimizer"] = trainer.optimizer.sharded_state_dict(
-        _model_state_dict(trainer.model), is_loading=is_loading, metadata=_OPTIMIZER_METADATA
+        _model_state_dict(trainer.model), is_loading=is_loading, metadata=metadata
     )
     return state
 
@@ -109,9 +170,10 @@ def _apply_model_state(model_chunks, loaded: dict) -> None:
 class CheckpointManager:
     """Save/resume for one run directory (see the module docstring for the on-disk protocol)."""
 
-    def __init__(self, run_dir: Path, keep_last: int = 2):
+    def __init__(self, run_dir: Path, keep_last: int = 2, reshardable_optimizer: bool = False):
         self.root = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
+        self.metadata = {"distrib_optim_sharding_type": SHARDING_TYPES[reshardable_optimizer]}
         if torch.distributed.get_rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob("*.tmp"):
@@ -127,7 +189,7 @@ class CheckpointManager:
                 shutil.rmtree(staging)
             staging.mkdir(parents=True)
         torch.distributed.barrier()
-        sharded = _sharded_state(trainer, is_loading=False)
+        sharded = _sharded_state(trainer, is_loading=False, metadata=self.metadata)
         sharded.update(
             layout=_layout_key(),
             rng_state=_rng_object(),
@@ -135,7 +197,7 @@ class CheckpointManager:
             training=dict(step=state.step, consumed_samples=state.consumed_samples),
             recipe=recipe_dict,
         )
-        dist_checkpointing.save(sharded, str(staging), content_metadata=_OPTIMIZER_METADATA)
+        dist_checkpointing.save(sharded, str(staging), content_metadata=self.metadata)
         torch.distributed.barrier()
         if torch.distributed.get_rank() == 0:
             if final.exists():
@@ -187,7 +249,18 @@ class CheckpointManager:
             raise CheckpointError(f"{directory / 'metadata.json'} is missing (incomplete checkpoint)")
         common = dist_checkpointing.load_common_state_dict(str(directory))
         saved_layout = tuple(common["layout"])
-        sharded = _sharded_state(trainer, is_loading=True)
+        metadata = dist_checkpointing.load_content_metadata(str(directory))
+        distributed = trainer.recipe.parallel.distributed_optimizer
+        if distributed and metadata["distrib_optim_sharding_type"] == "dp_reshardable" \
+                and saved_layout[:3] != _layout_key()[:3]:
+            raise CheckpointError(
+                f"{directory} holds distributed-optimizer state in the dp_reshardable format, written at "
+                f"(tp, pp, cp)={saved_layout[:3]}; this run is at {_layout_key()[:3]}. Resume at the saved layout, "
+                "or start from its weights only with checkpoint.load=" + str(directory) + " in a new run dir, or "
+                "save with checkpoint.reshardable_optimizer=true when you plan to change the layout"
+            )
+        _materialize_adam_state(trainer.optimizer)
+        sharded = _sharded_state(trainer, is_loading=True, metadata=metadata)
         if saved_layout == _layout_key():
             sharded["rng_state"] = _rng_object()
         else:
@@ -196,7 +269,7 @@ class CheckpointManager:
                           stacklevel=2)
         loaded = dist_checkpointing.load(sharded, str(directory))
         _apply_model_state(trainer.model, loaded)
-        trainer.optimizer.load_state_dict(loaded["optimizer"])
+        _load_optimizer_state(trainer.optimizer, loaded["optimizer"])
         trainer.scheduler.load_state_dict(common["scheduler"])
         if "rng_state" in sharded:
             _restore_rng(loaded["rng_state"])

@@ -51,7 +51,8 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     _setup_logging(run_dir)
 
     trainer = Trainer(recipe)
-    checkpoints = CheckpointManager(run_dir, keep_last=recipe.checkpoint.keep_last)
+    checkpoints = CheckpointManager(run_dir, keep_last=recipe.checkpoint.keep_last,
+                                    reshardable_optimizer=recipe.checkpoint.reshardable_optimizer)
     state = checkpoints.resume(trainer)
     if state is not None:
         log.info("resumed from %s at step %d", checkpoints.candidates()[0], state.step)
