@@ -21,7 +21,7 @@ class DataSource:
     name: str = "code"
     """Label used in logs and errors."""
     prefix: str = ""
-    """Path prefix of the .bin/.idx pair, without the suffix."""
+    """Path prefix of the .bin/.idx pair, without the suffix; stage=sft: the conversations' .jsonl file path."""
     weight: float = 1.0
     """Blend weight; weights are normalised over all sources."""
 
@@ -33,10 +33,10 @@ def default_sources() -> List[DataSource]:
 
 @dataclass
 class DataConfig:
-    """Pretraining data: sources and blend, tokenizer, splits, FIM and the loader."""
+    """Training data: sources and blend, tokenizer, splits, FIM and the loader (SFT: data.sft's JSONL)."""
 
     sources: List[DataSource] = field(default_factory=default_sources)
-    """Named sources with weights (default code 0.7 / text 0.2 / math 0.1)."""
+    """Named sources with weights (default code 0.7 / text 0.2 / math 0.1); stage=sft: exactly one (data.sft)."""
     tokenizer: str = "qwen2.5"
     """'qwen2.5' (offline official ranks) or a Hugging Face tokenizer directory."""
     split: str = "98,2,0"
@@ -63,6 +63,8 @@ class DataConfig:
     """Loader worker processes (torch DataLoader workers / DALI parallel external-source workers)."""
     prefetch: int = 2
     """Batches prefetched per worker (torch prefetch_factor) or queued by DALI."""
+    strict: bool = False
+    """stage=sft: malformed conversation lines are one error listing them all, instead of counted skips."""
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -44,7 +44,7 @@ class SourceSummary:
     split_tokens: List[int]
 
 
-def _split_bounds(split: str, documents: int) -> List[Optional[Tuple[int, int]]]:
+def split_bounds(split: str, documents: int) -> List[Optional[Tuple[int, int]]]:
     """Document ranges per split exactly as megatron computes them (round(bookend * N))."""
     from megatron.core.datasets.blended_megatron_dataset_config import (
         convert_split_vector_to_split_matrix, parse_and_normalize_split,
@@ -72,7 +72,7 @@ def summarize_source(name: str, prefix: str, split: str, vocab_size: int) -> Sou
         )
     lengths = np.asarray(dataset.sequence_lengths, dtype=np.int64)
     split_docs, split_tokens = [], []
-    for bounds in _split_bounds(split, len(lengths)):
+    for bounds in split_bounds(split, len(lengths)):
         begin, end = bounds if bounds is not None else (0, 0)
         split_docs.append(end - begin)
         split_tokens.append(int(lengths[begin:end].sum()))

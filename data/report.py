@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 from data.filters import BAD_INPUT_REASONS
 
@@ -22,7 +22,11 @@ class BadInputError(ValueError):
 
 
 class Report:
-    def __init__(self, **settings) -> None:
+    """`bad_reasons`: the skip reasons that are malformed input (strict mode refuses them); data/prepare.py
+    uses data.filters.BAD_INPUT_REASONS, the SFT dataset (data.sft) its own."""
+
+    def __init__(self, bad_reasons: Sequence[str] = BAD_INPUT_REASONS, **settings) -> None:
+        self.bad_reasons = tuple(bad_reasons)
         self.settings = settings
         self.documents = 0
         self.tokens = 0
@@ -51,15 +55,17 @@ class Report:
         return sum(entry["count"] for entry in self.skipped.values())
 
     def bad_input(self) -> Dict[str, Dict]:
-        return {reason: entry for reason, entry in self.skipped.items() if reason in BAD_INPUT_REASONS}
+        return {reason: entry for reason, entry in self.skipped.items() if reason in self.bad_reasons}
 
-    def strict_error(self) -> BadInputError:
+    def strict_error(self, option: str = "--strict",
+                     when: str = "the run stops at the first ~1 MiB batch with any") -> BadInputError:
+        """One error listing every malformed record by reason; `option` names the switch that asked for it."""
         count = sum(e["count"] for e in self.bad_input().values())
-        lines = [f"--strict: {count} malformed input record(s) (the run stops at the first ~1 MiB batch with any):"]
+        lines = [f"{option}: {count} malformed input record(s) ({when}):"]
         for reason, entry in sorted(self.bad_input().items()):
             lines.append(f"  {reason}: {entry['count']}, e.g.")
             lines.extend(f"    {example}" for example in entry["examples"])
-        lines.append("Fix or remove these records, or run without --strict to skip and count them.")
+        lines.append(f"Fix or remove these records, or run without {option} to skip and count them.")
         return BadInputError("\n".join(lines))
 
     def to_dict(self) -> Dict:

@@ -1,7 +1,6 @@
 """Acceptance 5 and the split guard: blended proportions within 1 % of the weights over 10k samples (each
 sample's source identified from its token ids, not from megatron's bookkeeping); empty splits refused before
 megatron builds (it would loop forever); DataConfig is a valid OmegaConf structured config."""
-import socket
 
 import numpy as np
 import pytest
@@ -14,20 +13,6 @@ from data.tokenizer import load_tokenizer
 RANGES = {"code": (0, 1000), "text": (1000, 2000), "math": (2000, 3000)}
 EOD = 151643
 
-
-@pytest.fixture(scope="module")
-def gloo():
-    import torch.distributed as dist
-
-    created = not dist.is_initialized()
-    if created:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    if created:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -141,23 +141,6 @@ def test_repo_level_fim_only_in_last_file(tok):
         assert second == tok.encode("no file separator here")  # no <|file_sep|>: never rearranged
 
 
-@pytest.fixture(scope="module")
-def gloo():
-    """megatron's BlendedDataset asks torch.distributed for the rank when it caches: a 1-process group."""
-    import socket
-
-    import torch.distributed as dist
-
-    created = not dist.is_initialized()
-    if created:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    if created:
-        dist.destroy_process_group()
-
 
 def test_fim_dataset_through_megatron(tmp_path, gloo):
     """FIMGPTDataset from build_pretrain_datasets: exact lengths, pads masked, identical after a rebuild."""

@@ -13,7 +13,7 @@
   AutoModelForCausalLM/AutoTokenizer.from_pretrained in a fresh process with HF_HUB_OFFLINE=1 and generates
   the same 8 greedy tokens as our megatron model (full forward per step, argmax of the last position), and
   its logits over the generated sequence equal ours (DESIGN.md section 8's limits).
-SFT is not implemented in the project yet, so only pretraining starts from an import here.
+SFT from an import (acceptance 4's other half) is tests/test_sft_run.py.
 Measured: TP2/PP2 logits within 1.5e-6..3.1e-6 (6.1e-7..7.0e-7 relative); step-1 loss 12.3580289 vs
 transformers 12.3580284 (4e-8 relative). Cost on 2 cores: ~75 s (two torchrun worlds, three CLI processes,
 dataset preparation).
@@ -25,7 +25,6 @@ import math
 import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from model.shapes import get_shape
 from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import assert_logits_match, logits_difference, random_hf_model, random_tokens
+from tests.run_helpers import prepare_code_dataset
 from train.distributed import init_model_parallel
 from train.hf_convert import import_hf, load_model
 
@@ -101,10 +101,7 @@ def trained(tmp_path_factory):
     hf.save_pretrained(work / "hf")
     run([sys.executable, "launch/convert.py", "import", "--hf", str(work / "hf"), "--out", str(work / "mcore"),
          *TINY_UNTIED])
-    stdlib = Path(sysconfig.get_paths()["stdlib"]) / "json"
-    prefix = work / "code"
-    run([sys.executable, "data/prepare.py", "--input", str(stdlib), "--output-prefix", str(prefix),
-         "--no-progress"])
+    prefix = prepare_code_dataset(work, packages=("json",))
     overrides = [*TINY_UNTIED, *TRAIN, f"checkpoint.load={work / 'mcore'}", f"run.dir={work / 'run'}",
                  f"data.sources=[{{name: code, prefix: {prefix}, weight: 1.0}}]"]
     run(TORCHRUN + ["launch/pretrain.py", *overrides])

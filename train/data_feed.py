@@ -5,6 +5,8 @@ parallelism slices them later (train.trainer.forward_step). With virtual pipelin
 its own iterator over the same sequence, because megatron's interleaved schedule pulls per chunk.
 Samples are addressed by index: global batch b holds samples [b*G, (b+1)*G), so resuming at a consumed-sample
 count continues with exactly the samples an uninterrupted run would have seen, for any DP size.
+The stage picks the datasets: file/repo blend the prepared .bin/.idx sources (data.datasets), sft reads ChatML
+conversations from one JSONL file (data.sft); both yield the same sample fields, so the loaders are shared.
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ from megatron.core import parallel_state
 
 from data.datasets import build_pretrain_datasets
 from data.loader import build_loader
+from data.sft import build_sft_datasets
 from data.tokenizer import load_tokenizer
 from recipes.schema import Recipe
+
+DATASET_BUILDERS = {"file": build_pretrain_datasets, "repo": build_pretrain_datasets, "sft": build_sft_datasets}
 
 
 class DataFeed:
@@ -25,7 +30,10 @@ class DataFeed:
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         evaluations = train.train_iters // train.eval_interval + 1 if train.eval_interval else 0
-        train_ds, valid_ds = build_pretrain_datasets(
+        if recipe.stage.name not in DATASET_BUILDERS:
+            raise NotImplementedError(
+                f"stage={recipe.stage.name}: no dataset for it yet (have {sorted(DATASET_BUILDERS)})")
+        train_ds, valid_ds = DATASET_BUILDERS[recipe.stage.name](
             recipe.data,
             seq_length=train.seq_length,
             train_samples=train.train_iters * train.global_batch_size,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 
 import torch
 from megatron.core import parallel_state
@@ -17,24 +16,23 @@ from megatron.core.tensor_parallel import random as megatron_random
 from train import cpu_shims
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_process_group(timeout_minutes: float = 30.0) -> None:
     """Join torchrun's world, or start a 1-rank world when run as a plain process (tests, tools)."""
     cpu_shims.install_if_no_cuda()
     if torch.distributed.is_initialized():
         return
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if "MASTER_ADDR" not in os.environ:  # not launched by torchrun (or a PyTorchJob): a world of one
+        # An in-memory store, not a TCP port: a "free" port can be taken by another process between probing
+        # and binding (seen as EADDRINUSE when test processes run side by side).
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        torch.distributed.init_process_group(backend=backend, store=torch.distributed.HashStore(), rank=0,
+                                             world_size=1, timeout=timeout)
+        return
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    torch.distributed.init_process_group(backend=backend, timeout=timeout)
 
 
 def init_model_parallel(tp: int = 1, pp: int = 1, vpp: int = 1, cp: int = 1, seed: int = 1234) -> None:

@@ -38,10 +38,10 @@ def _setup_logging(run_dir: Path) -> None:
 
 def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     """Train `recipe` to train.train_iters; returns the logged training records (rank 0; [] elsewhere)."""
-    if recipe.stage.name in ("sft", "dpo"):
+    if recipe.stage.name == "dpo":
         raise NotImplementedError(
-            f"stage={recipe.stage.name}: the chat-format dataset and its loss are not implemented yet; "
-            "launch/plan.py sizes these recipes, launch/pretrain.py trains stage=file or stage=repo"
+            "stage=dpo: the preference dataset and the DPO loss are not implemented yet; "
+            "launch/plan.py sizes this recipe, launch/pretrain.py trains stage=file, repo or sft"
         )
     init_process_group()
     world_size = torch.distributed.get_world_size()

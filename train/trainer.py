@@ -111,7 +111,7 @@ class Trainer:
 
     def _build_scheduler(self, train_iters: int) -> OptimizerParamScheduler:
         opt = self.recipe.optimizer
-        warmup = min(opt.warmup_iters, max(train_iters - 1, 0))
+        warmup = min(opt.warmup_iters, max(train_iters - 1, 0))  # a smoke run shorter than the warmup still runs
         return OptimizerParamScheduler(
             self.optimizer,
             init_lr=0.0 if warmup else opt.lr,
