@@ -37,7 +37,7 @@ def _setup_logging(run_dir: Path) -> None:
 
 
 def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
-    """Train `recipe` to train.train_iters; returns the logged training records (rank 0; [] elsewhere)."""
+    """Train `recipe` to train.train_iters; returns the training records logged at each log interval."""
     if recipe.stage.name == "dpo":
         raise NotImplementedError(
             "stage=dpo: the preference dataset and the DPO loss are not implemented yet; "
