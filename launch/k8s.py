@@ -1,0 +1,90 @@
+"""Write a Kubeflow PyTorchJob for a recipe: `kubectl apply -f` runs launch/pretrain.py on run.nodes pods.
+
+    python launch/k8s.py +recipe=7b stage=repo --image REGISTRY/qwen-coder:TAG --pvc qwen-runs > job.yaml
+    python launch/k8s.py +recipe=32b train.train_iters=1000 --image IMG --host-path /mnt/lustre/runs \
+        --wandb-secret wandb --env NCCL_SOCKET_IFNAME=eth0 -o job.yaml
+
+Hydra overrides are the same ones launch/pretrain.py takes. The recipe is composed and validated on its own world
+size (run.nodes x run.gpus_per_node) before anything is written; the manifest is then checked against the CRD
+schema (when --crd is given or shared/k8s/ is found) and the operator's webhook rules. Exit status 1 and a message
+on any error. Details and the reasons behind each field: recipes/k8s.py.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recipes import k8s  # noqa: E402
+
+DEFAULT_CRD = ROOT.parent / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p.add_argument("overrides", nargs="*", help="+recipe=SIZE [stage=STAGE] [key=value ...]")
+    p.add_argument("--image", required=True, help="image with this repository (no default registry)")
+    store = p.add_mutually_exclusive_group(required=True)
+    store.add_argument("--pvc", help="PersistentVolumeClaim for /runs (ReadWriteMany when nodes > 1)")
+    store.add_argument("--host-path", help="node directory for /runs (a shared filesystem when nodes > 1)")
+    p.add_argument("--name", help="job name (DNS-1035); default: run.name, e.g. 7b-repo -> qwen-7b-repo")
+    p.add_argument("--namespace")
+    p.add_argument("--wandb-secret", help="Secret with the W&B API key; W&B runs online only with it")
+    p.add_argument("--wandb-secret-key", default="api-key", help="key inside that Secret (default: api-key)")
+    p.add_argument("--workdir", help="repository root in the image, if not the image's WORKDIR")
+    p.add_argument("--data-pvc", help="PVC with prepared data, mounted read-only at --data-mount")
+    p.add_argument("--data-mount", default="/data")
+    p.add_argument("--omp-num-threads", type=int, default=1)
+    p.add_argument("--restart-policy", default="ExitCode", choices=k8s.RESTART_POLICIES)
+    p.add_argument("--backoff-limit", type=int, default=3)
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env (repeatable)")
+    p.add_argument("--crd", type=Path, help=f"CRD to validate against (default: {DEFAULT_CRD} if present)")
+    p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    bad_env = [e for e in args.env if "=" not in e]
+    if bad_env:
+        print(f"error: --env takes KEY=VALUE, got {bad_env}", file=sys.stderr)
+        return 1
+    opts = k8s.JobOptions(
+        image=args.image, pvc=args.pvc, host_path=args.host_path, name=args.name, namespace=args.namespace,
+        wandb_secret=args.wandb_secret, wandb_secret_key=args.wandb_secret_key, working_dir=args.workdir,
+        omp_num_threads=args.omp_num_threads, restart_policy=args.restart_policy, backoff_limit=args.backoff_limit,
+        data_pvc=args.data_pvc, data_mount=args.data_mount, extra_env=dict(e.split("=", 1) for e in args.env))
+    from recipes.validate import RecipeError
+
+    try:
+        manifest = k8s.build_manifest(args.overrides, opts)
+    except (k8s.ManifestError, RecipeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    errors = k8s.webhook_errors(manifest)
+    crd = args.crd or (DEFAULT_CRD if DEFAULT_CRD.is_file() else None)
+    if crd is not None:
+        errors += k8s.schema_errors(manifest, k8s.load_crd_schema(crd))
+    else:
+        print("note: no CRD found; checked the webhook rules only (pass --crd to validate the schema)", file=sys.stderr)
+    if errors:
+        print("error: the manifest would be rejected:\n  " + "\n  ".join(errors), file=sys.stderr)
+        return 1
+    if manifest["metadata"]["labels"]["qwen-coder/stage"] == "dpo":
+        print("warning: stage=dpo is sized but not implemented; launch/pretrain.py will refuse it", file=sys.stderr)
+    text = k8s.render(manifest)
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output} ({manifest['metadata']['name']}: {k8s.manifest_world_size(manifest)} ranks)",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")  # TE/apex fallback notices
+    sys.exit(main())
