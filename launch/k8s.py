@@ -7,7 +7,7 @@
 Hydra overrides are the same ones launch/pretrain.py takes. The recipe is composed and validated on its own world
 size (run.nodes x run.gpus_per_node) before anything is written; the manifest is then checked against the CRD
 schema (when --crd is given or shared/k8s/ is found) and the operator's webhook rules. Exit status 1 and a message
-on any error. Details and the reasons behind each field: recipes/k8s.py.
+on any error. Details and the reasons behind each field: deploy/k8s.py.
 """
 import argparse
 import sys
@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recipes import k8s  # noqa: E402
+from deploy import k8s  # noqa: E402
 
 DEFAULT_CRD = ROOT.parent / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
 

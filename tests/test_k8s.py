@@ -1,4 +1,4 @@
-"""Kubernetes manifests (recipes/k8s.py, launch/k8s.py): every shipped recipe becomes a PyTorchJob that the real
+"""Kubernetes manifests (deploy/k8s.py, launch/k8s.py): every shipped recipe becomes a PyTorchJob that the real
 Kubeflow CRD schema and the operator's webhook rules accept, whose pod command composes back to the same recipe
 on the same world size; manifests the cluster would reject are caught by those same checks."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recipes import k8s
+from deploy import k8s
 from recipes.validate import RecipeError, recipe_world_size
 
 CRD = Path(__file__).resolve().parents[2] / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
