@@ -144,7 +144,7 @@ def compose_recipe(overrides: Sequence[str]):
     """Compose and validate a recipe on its own world size (run.nodes x run.gpus_per_node).
     Raises recipes.validate.RecipeError listing every broken layout rule."""
     from recipes.compose import compose_config, to_recipe
-    from recipes.validate import recipe_world_size
+    from recipes.world import recipe_world_size
 
     cfg = compose_config(list(overrides))
     nodes, gpus = int(cfg.run.nodes), int(cfg.run.gpus_per_node)

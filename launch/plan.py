@@ -38,6 +38,10 @@ def main(cfg: DictConfig) -> None:
 
     recipe = to_recipe(cfg)
     plan = make_plan(recipe)
+    if recipe.plan.meta_build:
+        from train.meta_count import meta_parameters_per_stage
+
+        plan.meta_params_per_rank = meta_parameters_per_stage(recipe, plan.layout.world_size)
     print(render(plan, recipe.plan.format))
     if not plan.fits:
         sys.exit(1)

@@ -22,11 +22,8 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from model.config import YarnScaling
 from model.layers import RMSNorm, SDPACoreAttention
-from model.shapes import ModelShape
-
-TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
+from model.shapes import TRANSFORMER_IMPLS, ModelShape, YarnScaling
 
 
 def transformer_engine_error() -> Optional[str]:

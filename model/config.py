@@ -10,24 +10,13 @@ RoPE base is a GPTModel argument in megatron-core 0.16.1 (default 10000!), so mo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from model.shapes import ModelShape
-
-
-@dataclass(frozen=True)
-class YarnScaling:
-    """YaRN context extension (Qwen2.5-Coder: factor 4 from 32,768 to 131,072 positions)."""
-
-    factor: float = 4.0
-    original_max_position_embeddings: int = 32_768
-    beta_fast: float = 32.0
-    beta_slow: float = 1.0
+from model.shapes import ModelShape, YarnScaling
 
 
 def _apply_yarn(config: TransformerConfig, yarn: YarnScaling) -> None:

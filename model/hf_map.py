@@ -30,8 +30,7 @@ from typing import Collection, Mapping, Optional
 
 import torch
 
-from model.config import YarnScaling
-from model.shapes import RELEASED, SHAPES, ModelShape
+from model.shapes import RELEASED, SHAPES, ModelShape, YarnScaling
 
 RENAME, QKV, GATE_UP = "rename", "qkv", "gate_up"
 

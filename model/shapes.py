@@ -67,6 +67,19 @@ SHAPES: dict[str, ModelShape] = {
 
 RELEASED = ("0.5b", "1.5b", "3b", "7b", "14b", "32b")
 
+TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
+"""Layer specs a shape can be built with (model.build); here so configuration can name them without megatron."""
+
+
+@dataclass(frozen=True)
+class YarnScaling:
+    """YaRN context extension (Qwen2.5-Coder: factor 4 from 32,768 to 131,072 positions)."""
+
+    factor: float = 4.0
+    original_max_position_embeddings: int = 32_768
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
 
 def get_shape(name: str, **overrides) -> ModelShape:
     """Look up a shape by name (e.g. "7b"), optionally shrunk by field overrides."""

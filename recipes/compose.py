@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from recipes import schema
+from recipes.validate import validate
 
 CONFIG_DIR = str(Path(__file__).resolve().parent)
 
@@ -26,6 +27,4 @@ def to_recipe(cfg: DictConfig, world_size: Optional[int] = None) -> schema.Recip
     training loop passes torch.distributed's world size, the planner the recipe's run.nodes x run.gpus_per_node.
     Raises recipes.validate.RecipeError listing every broken rule.
     """
-    from recipes.validate import validate  # imports megatron (via model.build); keep compose_config light
-
     return validate(OmegaConf.to_object(cfg), world_size)

@@ -1,6 +1,6 @@
 """What a recipe costs per GPU before it launches: parameters per rank, peak memory, FLOPs, and whether it fits.
 
-Parameters per rank (exact; checked against megatron's own meta-device build, recipes.meta_count):
+Parameters per rank (exact; checked against megatron's own meta-device build, train.meta_count):
     a layer holds (attention + MLP weights and the QKV bias) / tp plus its two RMSNorm weights (2h, replicated
     over TP); the first model chunk adds the embedding V*h/tp, the last chunk the final norm h and the output
     layer V*h/tp (for tied shapes only when pp > 1: megatron keeps a copy of the embedding on the last stage).
@@ -50,36 +50,13 @@ from model.accounting import parameter_breakdown, parameter_count, training_flop
 from model.shapes import ModelShape
 from recipes.gpus import get_gpu
 from recipes.schema import Recipe
-from recipes.validate import recipe_world_size, validate
+from recipes.validate import validate
+from recipes.world import Layout, layout_of, recipe_world_size
 
 GIB = 1024**3
 FIXED_ALLOWANCE_GIB = 3.0
 FRAGMENTATION = 0.10
 LOGIT_BYTES = 2 + 4 + 2
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The derived numbers of a recipe on a world size."""
-
-    world_size: int
-    tp: int
-    pp: int
-    vpp: int
-    cp: int
-    dp: int
-    sp: bool
-    seq_length: int
-    micro_batch_size: int
-    global_batch_size: int
-    num_microbatches: int
-
-
-def layout_of(recipe: Recipe, world_size: int) -> Layout:
-    p, t = recipe.parallel, recipe.train
-    dp = world_size // (p.tp * p.pp * p.cp)
-    return Layout(world_size, p.tp, p.pp, p.vpp, p.cp, dp, p.sp, t.seq_length, t.micro_batch_size,
-                  t.global_batch_size, t.global_batch_size // (t.micro_batch_size * dp))
 
 
 def _layer_parameters(shape: ModelShape, tp: int) -> tuple[int, int]:
@@ -278,13 +255,15 @@ def _fmt_per_stage(counts: list[int]) -> str:
     return "[" + ", ".join(f"{c / 1e9:.3f}B" for c in counts) + "]"
 
 
-def make_plan(recipe: Recipe, world_size: Optional[int] = None, meta_build: Optional[bool] = None) -> Plan:
-    """Validate `recipe` on `world_size` (default: its run.nodes x run.gpus_per_node) and plan it."""
-    from train.megatron_args import model_shape
+def make_plan(recipe: Recipe, world_size: Optional[int] = None) -> Plan:
+    """Validate `recipe` on `world_size` (default: its run.nodes x run.gpus_per_node) and plan it.
 
+    `meta_params_per_rank` stays None here: the meta-device count builds megatron models (train.meta_count),
+    which configuration does not import; launch/plan.py fills it in.
+    """
     world = world_size or recipe_world_size(recipe)
     validate(recipe, world)
-    shape = model_shape(recipe)
+    shape = recipe.model_shape()
     layout = layout_of(recipe, world)
     gpu = get_gpu(recipe.run.gpu)
     prec = recipe.precision
@@ -300,10 +279,6 @@ def make_plan(recipe: Recipe, world_size: Optional[int] = None, meta_build: Opti
         plan.notes.append("distributed optimizer on a single data-parallel rank shards nothing")
     if recipe.stage.name == "dpo":
         plan.notes.append("DPO: each micro-batch item is a (chosen, rejected) pair; a frozen reference copy is held")
-    if meta_build if meta_build is not None else recipe.plan.meta_build:
-        from recipes.meta_count import meta_parameters_per_stage
-
-        plan.meta_params_per_rank = meta_parameters_per_stage(recipe, world)
     return plan
 
 

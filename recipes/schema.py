@@ -17,6 +17,12 @@ from typing import Optional
 from omegaconf import MISSING
 
 from data.config import DataConfig
+from model.shapes import ModelShape, YarnScaling, get_shape
+
+STAGES = ("file", "repo", "sft", "dpo")
+"""Training stages, in order; recipes/stage/NAME.yaml and recipes/layout/SIZE/NAME.yaml exist for each."""
+_SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+               "head_dim", "vocab_size", "tied_embeddings")
 
 
 @dataclass
@@ -105,7 +111,7 @@ class OptimizerConfig:
 @dataclass
 class StageConfig:
     name: str = "file"
-    """file (8K next-token + FIM), repo (32K repo-level, YaRN, FP8), sft or dpo."""
+    """One of STAGES: file (8K next-token + FIM), repo (32K repo-level, YaRN, FP8), sft or dpo."""
     dpo_beta: float = 0.1
 
 
@@ -169,6 +175,18 @@ class Recipe:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+
+    def model_shape(self) -> ModelShape:
+        """The recipe's shape with its shrink overrides (model.num_layers=2, ...) applied."""
+        overrides = {name: getattr(self.model, name) for name in _SHRINKABLE}
+        return get_shape(self.model.shape, **{k: v for k, v in overrides.items() if v is not None})
+
+    def yarn_scaling(self) -> Optional[YarnScaling]:
+        """YaRN scaling of the recipe's positions, or None for plain RoPE."""
+        if self.model.yarn_factor is None:
+            return None
+        return YarnScaling(factor=self.model.yarn_factor,
+                           original_max_position_embeddings=self.model.yarn_original_max_position_embeddings)
 
 
 def register() -> None:

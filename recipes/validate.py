@@ -27,6 +27,8 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
   (DESIGN.md section 2; grad-norm 1.98 vs 0.417 measured).
 - cp-sequence: seq % (2 x cp) == 0 (load-balanced split into 2 x cp chunks).
 - sp-sequence: with SP the per-CP-rank length seq/cp is split over TP: (seq/cp) % tp == 0.
+- packing-cp: stage=sft with data.packing needs cp == 1: packed (thd) rows under CP need every conversation
+  split into 2 x cp chunks, which neither this project's local attention nor its batch slicing does.
 - fp8-sequence: FP8 GEMMs need the per-CP-rank token count % 16 (32 for mxfp8), and with SP the per-TP-rank
   count too.
 - fp8-impl / fp8-dtype / fp8-gpu / fp8-param: FP8 runs only in Transformer Engine (named explicitly, so `auto`
@@ -54,10 +56,10 @@ import difflib
 from dataclasses import dataclass
 from typing import Optional
 
-from model.build import TRANSFORMER_IMPLS
-from model.shapes import ModelShape
+from model.shapes import TRANSFORMER_IMPLS, ModelShape
 from recipes.gpus import FP8_RECIPE_MIN_CAPABILITY, GPUS
-from recipes.schema import Recipe
+from recipes.schema import STAGES, Recipe
+from recipes.world import layout_of
 
 ENUMS: dict[str, tuple[str, ...]] = {
     "model.transformer_impl": TRANSFORMER_IMPLS,
@@ -67,7 +69,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "precision.fp8_amax_compute_algo": ("max", "most_recent"),
     "train.recompute": ("none", "selective", "full"),
     "optimizer.decay_style": ("cosine", "linear", "constant"),
-    "stage.name": ("file", "repo", "sft", "dpo"),
+    "stage.name": STAGES,
     "plan.format": ("text", "json"),
 }
 POSITIVE = ("parallel.tp", "parallel.pp", "parallel.vpp", "parallel.cp", "train.seq_length",
@@ -214,6 +216,10 @@ def _check_sequence(recipe: Recipe, shape: ModelShape) -> list[Violation]:
     if p.cp > 1 and seq % (2 * p.cp):
         out.append(Violation("cp-sequence", f"train.seq_length={seq} is not divisible by 2 x cp = {2 * p.cp} "
                              f"(context parallelism splits it into 2 x cp chunks); use a multiple of {2 * p.cp}"))
+    if p.cp > 1 and recipe.stage.name == "sft" and recipe.data.packing:
+        out.append(Violation("packing-cp", f"stage=sft packs conversations (data.packing=true), which needs "
+                             f"parallel.cp=1 (got cp={p.cp}); set parallel.cp=1 (SFT rows are short) or "
+                             "data.packing=false"))
     per_cp = seq // p.cp
     if p.sp and p.tp > 1 and seq % p.cp == 0 and per_cp % p.tp:
         out.append(Violation("sp-sequence", f"with sequence parallelism the per-CP-rank length seq_length / cp = "
@@ -282,14 +288,15 @@ def _check_world(recipe: Recipe, world_size: int) -> list[Violation]:
         return [Violation("world-size", f"world size {world_size} is not a multiple of tp x pp x cp = {p.tp} x "
                           f"{p.pp} x {p.cp} = {model_parallel}; run on a multiple of {model_parallel} GPUs "
                           f"(e.g. {model_parallel * -(-world_size // model_parallel)}) or change the layout")]
-    dp = world_size // model_parallel
+    layout = layout_of(recipe, world_size)
+    dp = layout.dp
     per_step = train.micro_batch_size * dp
     if train.global_batch_size % per_step:
         low = train.global_batch_size // per_step * per_step or per_step
         return [Violation("global-batch", f"train.global_batch_size={train.global_batch_size} is not a multiple of "
                           f"micro_batch_size x dp = {train.micro_batch_size} x {dp} = {per_step}; use "
                           f"{low} or {low + per_step}")]
-    microbatches = train.global_batch_size // per_step
+    microbatches = layout.num_microbatches
     if p.vpp > 1 and microbatches % p.pp:
         return [Violation("vpp-microbatches", f"interleaved pipelining (vpp={p.vpp}) needs the micro-batches per "
                           f"step, global_batch_size / (micro_batch_size x dp) = {microbatches}, to be a multiple "
@@ -297,20 +304,13 @@ def _check_world(recipe: Recipe, world_size: int) -> list[Violation]:
     return []
 
 
-def recipe_world_size(recipe: Recipe) -> int:
-    """The world size a recipe is tuned for: run.nodes x run.gpus_per_node."""
-    return recipe.run.nodes * recipe.run.gpus_per_node
-
-
 def check(recipe: Recipe, world_size: Optional[int] = None) -> list[Violation]:
     """All violations of `recipe` (world-size rules only when `world_size` is given)."""
-    from train.megatron_args import model_shape  # the one shape-with-overrides function
-
     out = _check_fields(recipe)
     if any(v.rule == "positive" for v in out):
         return out  # divisibility checks on zero or negative sizes would only add noise
     try:
-        shape = model_shape(recipe)
+        shape = recipe.model_shape()
     except (KeyError, ValueError) as error:  # unknown shape name, or shrink overrides breaking GQA
         return out + [Violation("shape", str(error).strip('"'))]
     out += _check_tensor_parallel(recipe, shape)

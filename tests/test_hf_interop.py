@@ -24,7 +24,6 @@ import pytest
 import torch
 from megatron.core import dist_checkpointing
 
-from model.config import YarnScaling
 from model.hf_files import HFDirectoryError, HFWeights, write_hf_weights
 from model.hf_map import (
     CheckpointMismatchError,
@@ -33,7 +32,7 @@ from model.hf_map import (
     shape_from_hf_config,
     yarn_from_hf_config,
 )
-from model.shapes import RELEASED, get_shape
+from model.shapes import RELEASED, YarnScaling, get_shape
 from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import assert_logits_match, logits_difference, random_hf_model, random_tokens
 from train.checkpoint import CheckpointError

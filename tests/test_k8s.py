@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from deploy import k8s
-from recipes.validate import RecipeError, recipe_world_size
+from recipes.validate import RecipeError
+from recipes.world import recipe_world_size
 
 CRD = Path(__file__).resolve().parents[2] / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
 SIZES = ("0.5b", "1.5b", "3b", "7b", "14b", "32b")

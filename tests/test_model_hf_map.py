@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import YarnScaling
 from model.hf_map import (
     CheckpointMismatchError,
     hf_config_for,
@@ -22,7 +21,7 @@ from model.hf_map import (
     unpack_qkv,
     yarn_from_hf_config,
 )
-from model.shapes import RELEASED, get_shape
+from model.shapes import RELEASED, YarnScaling, get_shape
 
 SMALL = get_shape("0.5b", num_layers=2, vocab_size=256)  # 14 heads, 2 KV groups of r=7, head_dim 64
 

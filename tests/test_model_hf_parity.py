@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from model.build import transformer_engine_error
-from model.config import YarnScaling
 from model.hf_map import hf_to_megatron, load_into_megatron, megatron_to_hf
-from model.shapes import RELEASED, get_shape
+from model.shapes import RELEASED, YarnScaling, get_shape
 from tests.hf_reference import (
     MAX_REL_DIFF,
     assert_logits_match,

@@ -13,7 +13,8 @@ import pytest
 from model.accounting import training_flops_per_token
 from model.shapes import get_shape
 from recipes.compose import compose_config, to_recipe
-from recipes.planner import GIB, inflight, layout_of, make_plan
+from recipes.planner import GIB, inflight, make_plan
+from recipes.world import layout_of
 
 SIZES = ("tiny", "0.5b", "1.5b", "3b", "7b", "14b", "32b")
 STAGES = ("file", "repo", "sft", "dpo")
@@ -36,8 +37,8 @@ _META_WORKER = """
 import json, sys, warnings
 warnings.filterwarnings("ignore")
 from recipes.compose import compose_config, to_recipe
-from recipes.meta_count import meta_parameters_per_stage
-from recipes.validate import recipe_world_size
+from train.meta_count import meta_parameters_per_stage
+from recipes.world import recipe_world_size
 counts = {}
 for key, overrides in json.loads(sys.argv[1]).items():
     recipe = to_recipe(compose_config(overrides))
@@ -70,13 +71,13 @@ def meta_counts() -> dict[str, list[int]]:
 def test_per_rank_parameters_equal_megatron_meta_build(overrides, meta_counts):
     """Every shipped recipe, plus layouts that stress the formula (VPP chunks, tied embeddings across stages,
     TP beyond the KV heads, CP with PP, untied PP with VPP, PP3)."""
-    plan = make_plan(_recipe(overrides), meta_build=False)
+    plan = make_plan(_recipe(overrides))
     assert meta_counts[_key(overrides)] == plan.params_per_rank
 
 
 def test_tied_embedding_copy_sits_on_the_last_stage():
     """3B (tied) at PP4: the last stage holds the final norm plus a V*h/tp copy of the embedding."""
-    plan = make_plan(_recipe(["+recipe=3b", "parallel.pp=4"]), meta_build=False)
+    plan = make_plan(_recipe(["+recipe=3b", "parallel.pp=4"]))
     first, middle, last = plan.params_per_rank[0], plan.params_per_rank[1], plan.params_per_rank[-1]
     shape = get_shape("3b")
     assert first - middle == shape.vocab_size * shape.hidden_size
@@ -87,7 +88,7 @@ def test_tied_embedding_copy_sits_on_the_last_stage():
 @pytest.mark.parametrize("size, stage", [s for s in SHIPPED if s[0] != "tiny"],
                          ids=[f"{s}-{t}" for s, t in SHIPPED if s != "tiny"])
 def test_shipped_recipe_fits_h100_with_margin(size, stage):
-    plan = make_plan(_recipe([f"+recipe={size}", f"stage={stage}"]), meta_build=False)
+    plan = make_plan(_recipe([f"+recipe={size}", f"stage={stage}"]))
     assert plan.gpu == "h100" and plan.gpu_memory_gib == H100_GIB
     assert plan.fits
     assert plan.memory_gib_per_gpu <= (1 - HEADROOM) * H100_GIB, (
@@ -95,7 +96,7 @@ def test_shipped_recipe_fits_h100_with_margin(size, stage):
 
 
 def test_plan_json_has_the_promised_fields():
-    plan = make_plan(_recipe(["+recipe=32b", "stage=repo"]), meta_build=False).to_json()
+    plan = make_plan(_recipe(["+recipe=32b", "stage=repo"])).to_json()
     for key in ("params_total", "params_per_rank_max", "memory_gib_per_gpu", "world_size", "tp", "pp", "vpp", "cp",
                 "dp", "seq_length", "fits"):
         assert key in plan, key
@@ -106,17 +107,16 @@ def test_plan_json_has_the_promised_fields():
 
 
 def test_distributed_optimizer_shards_only_optimizer_state():
-    on = make_plan(_recipe(["+recipe=7b"]), meta_build=False).busiest
-    off = make_plan(_recipe(["+recipe=7b", "parallel.distributed_optimizer=false"]), meta_build=False).busiest
+    on = make_plan(_recipe(["+recipe=7b"])).busiest
+    off = make_plan(_recipe(["+recipe=7b", "parallel.distributed_optimizer=false"])).busiest
     assert off.optimizer == 4 * on.optimizer  # DP4
     assert (off.weights, off.grads, off.activations) == (on.weights, on.grads, on.activations)
     assert on.optimizer == on.params * 12 // 4 and on.grads == on.params * 4 and on.weights == on.params * 2
 
 
 def test_full_recompute_keeps_only_group_inputs():
-    none = make_plan(_recipe(["+recipe=7b"]), meta_build=False).busiest
-    full = make_plan(_recipe(["+recipe=7b", "train.recompute=full", "train.recompute_num_layers=1"]),
-                     meta_build=False).busiest
+    none = make_plan(_recipe(["+recipe=7b"])).busiest
+    full = make_plan(_recipe(["+recipe=7b", "train.recompute=full", "train.recompute_num_layers=1"])).busiest
     assert full.activations < none.activations / 5
     # 28 checkpointed inputs of 8192 x 3584/2 bf16 elements (SP) + one layer recomputed + one working layer
     layer = none.activations // 29
@@ -132,11 +132,11 @@ def test_interleaved_schedule_holds_narayanan_in_flight_layers():
 
 
 def test_stage_specific_costs():
-    dpo = make_plan(_recipe(["+recipe=7b", "stage=dpo"]), meta_build=False).busiest
+    dpo = make_plan(_recipe(["+recipe=7b", "stage=dpo"])).busiest
     assert dpo.reference_model == dpo.weights  # frozen bf16 copy of the same shard
-    repo = make_plan(_recipe(["+recipe=7b", "stage=repo"]), meta_build=False).busiest
+    repo = make_plan(_recipe(["+recipe=7b", "stage=repo"])).busiest
     assert repo.fp8_weight_cache > 0
-    last = make_plan(_recipe(["+recipe=32b"]), meta_build=False).stages[-1]
+    last = make_plan(_recipe(["+recipe=32b"])).stages[-1]
     assert last.logits >= 8192 * (152064 // 8) * 8  # bf16 logits + fp32 softmax + bf16 grad
 
 
@@ -145,19 +145,21 @@ def test_meta_build_refuses_an_existing_process_group():
     import torch
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    from train.meta_count import meta_parameters_per_stage
+
     own = not torch.distributed.is_initialized()
     if own:
         torch.distributed.init_process_group("fake", store=FakeStore(), rank=0, world_size=1)
     try:
         with pytest.raises(RuntimeError, match="torch.distributed is already initialised.*plan.meta_build=false"):
-            make_plan(_recipe(["+recipe=tiny"]), meta_build=True)
+            meta_parameters_per_stage(_recipe(["+recipe=tiny"]), 2)
     finally:
         if own:
             torch.distributed.destroy_process_group()
 
 
 def test_allowance_is_fixed_plus_fragmentation():
-    m = make_plan(_recipe(["+recipe=0.5b"]), meta_build=False).busiest
+    m = make_plan(_recipe(["+recipe=0.5b"])).busiest
     dynamic = m.total - m.allowance
     assert m.allowance == int(3 * GIB + 0.10 * dynamic)
 

@@ -8,7 +8,8 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from recipes.compose import compose_config, to_recipe
-from recipes.validate import RecipeError, recipe_world_size, validate
+from recipes.validate import RecipeError, validate
+from recipes.world import recipe_world_size
 
 SIZES = ("tiny", "0.5b", "1.5b", "3b", "7b", "14b", "32b")
 RELEASED = SIZES[1:]

@@ -57,7 +57,7 @@ import torch
 
 from data.tokenizer import EOD, IM_END, SPECIAL_TOKENS
 from model.build import build_gpt_model
-from model.config import YarnScaling, transformer_config
+from model.config import transformer_config
 from model.hf_files import CONFIG, DEFAULT_MAX_SHARD, HFWeights, read_config, read_json, write_hf_weights, write_json
 from model.hf_map import (
     SHAPE_FIELD_TO_HF_KEY,
@@ -70,11 +70,10 @@ from model.hf_map import (
     shape_from_hf_config,
     yarn_from_hf_config,
 )
-from model.shapes import ModelShape
+from model.shapes import ModelShape, YarnScaling
 from recipes.schema import ModelConfig, Recipe
 from train.checkpoint import CheckpointError, load_weights, save_weights
 from train.distributed import init_model_parallel
-from train.megatron_args import model_shape, yarn_scaling
 
 log = logging.getLogger("convert")
 
@@ -176,7 +175,7 @@ def _shape_for_import(config: dict, recipe: Optional[Recipe], allow_differing: C
     yarn = yarn_from_hf_config(config)
     if recipe is None:
         return shape_from_hf_config(config, allow_differing), yarn
-    wanted = model_shape(recipe)
+    wanted = recipe.model_shape()
     stated = shape_from_hf_config(config, allow_differing=tuple(SHAPE_FIELD_TO_HF_KEY))  # the config's values
     differing = [f"{field}: {getattr(stated, field)!r} in config.json ({SHAPE_FIELD_TO_HF_KEY[field]}) vs "
                  f"{getattr(wanted, field)!r} in the recipe"
@@ -191,9 +190,9 @@ def _shape_for_import(config: dict, recipe: Optional[Recipe], allow_differing: C
         log.warning("config.json has rms_norm_eps %g, the recipe's shape %g (14B/32B instruct vs base): the "
                     "tensors are the same; training uses the recipe's value, export restores the config's",
                     stated.rms_norm_eps, wanted.rms_norm_eps)
-    if yarn != yarn_scaling(recipe):
+    if yarn != recipe.yarn_scaling():
         log.warning("YaRN differs between config.json (%s) and the recipe (%s); the tensors do not depend on "
-                    "it and training uses the recipe's", yarn, yarn_scaling(recipe))
+                    "it and training uses the recipe's", yarn, recipe.yarn_scaling())
     return dataclasses.replace(stated, name=wanted.name), yarn
 
 
@@ -318,7 +317,7 @@ def _export_source(directory: Path, recipe: Optional[Recipe]) -> CheckpointSourc
         raise ConversionError(
             f"{directory} does not record its model (no training recipe, no {SIDECAR}/{CONVERT_INFO}): pass the "
             "recipe it was trained with, e.g. `convert.py export --mcore DIR --out OUT +recipe=7b`")
-    shape, yarn = model_shape(recipe), yarn_scaling(recipe)
+    shape, yarn = recipe.model_shape(), recipe.yarn_scaling()
     source = CheckpointSource(shape, yarn, origin, stage=recipe.stage.name)
     if sidecar is not None and _same_tensors(sidecar[0], shape):
         source.shape = dataclasses.replace(shape, rms_norm_eps=sidecar[0].rms_norm_eps)  # instruct eps

@@ -2,10 +2,9 @@
 
 Model code (model/) only knows architectures; the loop, the planner and the converters all get their
 TransformerConfig, DDP config and optimizer config from here, so a layout means the same thing everywhere.
+The model's shape and YaRN scaling come from the recipe itself (Recipe.model_shape, Recipe.yarn_scaling).
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from megatron.core.distributed import DistributedDataParallelConfig
@@ -13,27 +12,8 @@ from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from model.build import resolve_transformer_impl
-from model.config import YarnScaling, transformer_config
-from model.shapes import ModelShape, get_shape
+from model.config import transformer_config
 from recipes.schema import Recipe
-
-_SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-               "head_dim", "vocab_size", "tied_embeddings")
-
-
-def model_shape(recipe: Recipe) -> ModelShape:
-    """The recipe's shape with its shrink overrides (model.num_layers=2, ...) applied."""
-    overrides = {name: getattr(recipe.model, name) for name in _SHRINKABLE}
-    return get_shape(recipe.model.shape, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def yarn_scaling(recipe: Recipe) -> Optional[YarnScaling]:
-    if recipe.model.yarn_factor is None:
-        return None
-    return YarnScaling(
-        factor=recipe.model.yarn_factor,
-        original_max_position_embeddings=recipe.model.yarn_original_max_position_embeddings,
-    )
 
 
 def params_dtype(recipe: Recipe) -> torch.dtype:
@@ -73,8 +53,8 @@ def build_transformer_config(recipe: Recipe, **extra) -> TransformerConfig:
     impl = resolve_transformer_impl(recipe.model.transformer_impl)
     kwargs = transformer_runtime_kwargs(recipe)
     kwargs.update(extra)
-    return transformer_config(model_shape(recipe), use_te=impl == "transformer_engine",
-                              yarn=yarn_scaling(recipe), **kwargs)
+    return transformer_config(recipe.model_shape(), use_te=impl == "transformer_engine",
+                              yarn=recipe.yarn_scaling(), **kwargs)
 
 
 def ddp_config(recipe: Recipe) -> DistributedDataParallelConfig:

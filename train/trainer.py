@@ -27,6 +27,7 @@ from megatron.core.utils import get_batch_on_this_cp_rank
 
 from model.build import build_gpt_model, resolve_transformer_impl
 from recipes.schema import Recipe
+from recipes.world import layout_of
 from train import megatron_args
 from train.distributed import init_model_parallel
 
@@ -66,15 +67,14 @@ class Trainer:
         self.recipe = recipe
         parallel = recipe.parallel
         init_model_parallel(parallel.tp, parallel.pp, parallel.vpp, parallel.cp, seed=recipe.train.seed)
-        self.shape = megatron_args.model_shape(recipe)
+        self.shape = recipe.model_shape()
         self.transformer_impl = resolve_transformer_impl(recipe.model.transformer_impl)
         self.config = megatron_args.build_transformer_config(recipe, calculate_per_token_loss=True)
         self.model: List[DistributedDataParallel] = self._build_model_chunks()
         self.optimizer = get_megatron_optimizer(megatron_args.optimizer_config(recipe), self.model)
         self.scheduler = self._build_scheduler(train_iters or recipe.train.train_iters)
-        self.data_parallel_size = parallel_state.get_data_parallel_world_size()
-        micro, global_batch = recipe.train.micro_batch_size, recipe.train.global_batch_size
-        self.num_microbatches = global_batch // (micro * self.data_parallel_size)
+        layout = layout_of(recipe, torch.distributed.get_world_size())
+        self.data_parallel_size, self.num_microbatches = layout.dp, layout.num_microbatches
 
     # ---- construction -------------------------------------------------------------------------
     def _build_model_chunks(self) -> List[DistributedDataParallel]:
@@ -86,7 +86,7 @@ class Trainer:
                 self.config,
                 transformer_impl=self.transformer_impl,
                 max_sequence_length=self.recipe.train.seq_length,
-                yarn=megatron_args.yarn_scaling(self.recipe),
+                yarn=self.recipe.yarn_scaling(),
                 vp_stage=vp_stage,
             )
             if torch.cuda.is_available():

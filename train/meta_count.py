@@ -1,6 +1,6 @@
 """Count each pipeline stage's parameters by building the real megatron-core model on the meta device.
 
-Why: the planner's per-rank formula (recipes.planner) is only as good as our reading of megatron's sharding
+Why: the planner's per-rank formula (recipes.planner, which as configuration imports no megatron) is only as good as our reading of megatron's sharding
 (replicated norms, the tied embedding's copy on the last stage, VPP chunk placement). Building the model that
 training would build, for one rank of every pipeline stage, under a fake process group of the recipe's world
 size, makes megatron itself the referee. A 32B stage (32 layers, TP8) builds in well under a second: meta
@@ -24,9 +24,14 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from megatron.core import parallel_state
 from torch.overrides import TorchFunctionMode
+from torch.testing._internal.distributed.fake_pg import FakeStore
 
+from model.build import build_gpt_model
 from recipes.schema import Recipe
+from train import cpu_shims
+from train.megatron_args import build_transformer_config
 
 
 class _MetaStaysMeta(TorchFunctionMode):
@@ -49,13 +54,6 @@ def _counting_recipe(recipe: Recipe) -> Recipe:
 
 def meta_parameters_per_stage(recipe: Recipe, world_size: int) -> list[int]:
     """Parameters one rank of each pipeline stage holds (all its VPP chunks), counted by megatron-core."""
-    from megatron.core import parallel_state
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    from model.build import build_gpt_model
-    from train import cpu_shims
-    from train.megatron_args import build_transformer_config, model_shape, yarn_scaling
-
     if torch.distributed.is_initialized():
         raise RuntimeError("the meta-device parameter count needs its own fake process group, but "
                            "torch.distributed is already initialised; run the planner in a separate process "
@@ -63,7 +61,7 @@ def meta_parameters_per_stage(recipe: Recipe, world_size: int) -> list[int]:
     cpu_shims.install_if_no_cuda()  # megatron asks torch.cuda.current_device() for RoPE buffers
     p = recipe.parallel
     counting = _counting_recipe(recipe)
-    shape = model_shape(counting)
+    shape = counting.model_shape()
     counts = []
     for stage in range(p.pp):
         rank = stage * (world_size // p.pp)
@@ -85,7 +83,7 @@ def meta_parameters_per_stage(recipe: Recipe, world_size: int) -> list[int]:
             with torch.device("meta"), _MetaStaysMeta():
                 for vp in range(p.vpp):
                     chunk = build_gpt_model(shape, config, transformer_impl="local",
-                                            max_sequence_length=recipe.train.seq_length, yarn=yarn_scaling(counting),
+                                            max_sequence_length=recipe.train.seq_length, yarn=counting.yarn_scaling(),
                                             vp_stage=vp if p.vpp > 1 else None)
                     total += sum(t.numel() for t in chunk.parameters())
             counts.append(total)
