@@ -1,4 +1,4 @@
-"""Hugging Face <-> megatron checkpoints (one process, no GPU needed; the logic lives in train/hf_convert.py).
+"""Hugging Face <-> megatron checkpoints (one process, no GPU needed; the logic lives in the hf_interop package).
 
     # HF -> megatron: files any layout loads (torch_dist reshards on load); a recipe checks the model fits it
     python launch/convert.py import --hf Qwen2.5-Coder-7B --out ckpt/7b-base +recipe=7b parallel.tp=2
@@ -47,11 +47,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)
 
-    from model.hf_files import HFDirectoryError
-    from model.hf_map import CheckpointMismatchError
+    from hf_interop.files import HFDirectoryError
+    from hf_interop.names import CheckpointMismatchError
     from recipes.compose import compose_config, to_recipe
     from recipes.validate import RecipeError
-    from train import hf_convert
+    from hf_interop import convert as hf_convert
     from train.checkpoint import CheckpointError
 
     try:

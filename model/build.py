@@ -9,7 +9,7 @@ Layer spec choice (`transformer_impl`):
 - "auto": TE when it imports and CUDA is present, else local.
 Both specs use the same parameter names except the norms: TE fuses input_layernorm into
 self_attention.linear_qkv.layer_norm_weight and pre_mlp_layernorm into mlp.linear_fc1.layer_norm_weight
-(model.hf_map handles both).
+(hf_interop.names handles both).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import torch
 
 from model.build import build_gpt_model
 from model.config import transformer_config
-from model.hf_map import hf_config_for
+from hf_interop.names import hf_config_for
 from model.shapes import ModelShape, YarnScaling
 
 # DESIGN.md section 8: fp32 parity is ~2e-7 of the largest logit; 1e-4 absolute alone hides an eps error.

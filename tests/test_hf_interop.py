@@ -2,7 +2,7 @@
 
 Every released architecture: transformers' Qwen2ForCausalLM with random weights (random biases and norm weights,
 tests/hf_reference.py) is saved by transformers itself (sharded with an index, or one file), imported through
-train.hf_convert, loaded back from the dist checkpoint, compared on logits with transformers in fp32 (limits of
+hf_interop.convert, loaded back from the dist checkpoint, compared on logits with transformers in fp32 (limits of
 DESIGN.md section 8: <= 1e-4 absolute and <= 1e-5 of the largest logit), exported, and the exported tensors must
 equal the source files bit for bit (same names, dtypes, values) with a byte-identical config.json.
 Depth is shrunk (2 layers; 1 for the 7B/14B/32B widths, whose single layer is 0.25-0.49 B parameters) and the
@@ -24,8 +24,8 @@ import pytest
 import torch
 from megatron.core import dist_checkpointing
 
-from model.hf_files import HFDirectoryError, HFWeights, write_hf_weights
-from model.hf_map import (
+from hf_interop.files import HFDirectoryError, HFWeights, write_hf_weights
+from hf_interop.names import (
     CheckpointMismatchError,
     hf_tensor_shapes,
     megatron_to_hf,
@@ -37,7 +37,7 @@ from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import assert_logits_match, logits_difference, random_hf_model, random_tokens
 from train.checkpoint import CheckpointError
 from train.distributed import init_model_parallel
-from train.hf_convert import (
+from hf_interop.convert import (
     ConversionError,
     export_hf,
     hf_config_dict,

@@ -36,7 +36,7 @@ from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import assert_logits_match, logits_difference, random_hf_model, random_tokens
 from tests.run_helpers import prepare_code_dataset
 from train.distributed import init_model_parallel
-from train.hf_convert import import_hf, load_model
+from hf_interop.convert import import_hf, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="1", PYTHONWARNINGS="ignore")

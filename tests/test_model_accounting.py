@@ -20,7 +20,7 @@ from model.accounting import (
 )
 from model.build import build_gpt_model
 from model.config import transformer_config
-from model.hf_map import hf_config_for
+from hf_interop.names import hf_config_for
 from model.shapes import RELEASED, get_shape
 from train.distributed import init_model_parallel
 

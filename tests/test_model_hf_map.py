@@ -1,4 +1,4 @@
-"""model.hf_map without models: the QKV layout element by element, named errors, config.json <-> shape.
+"""hf_interop.names without models: the QKV layout element by element, named errors, config.json <-> shape.
 
 The layout test writes the expected megatron row order from megatron's definition (per KV group: that group's
 r query heads, then its key head, then its value head), independently of pack_qkv's reshapes; the
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.hf_map import (
+from hf_interop.names import (
     CheckpointMismatchError,
     hf_config_for,
     hf_tensor_shapes,

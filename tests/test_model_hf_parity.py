@@ -1,4 +1,4 @@
-"""Logits parity with transformers' Qwen2ForCausalLM through model.hf_map (issue 2, acceptance 2).
+"""Logits parity with transformers' Qwen2ForCausalLM through hf_interop.names (issue 2, acceptance 2).
 
 Every released shape shrunk to 2 layers (widths, heads, KV groups, head_dim and tying kept; vocab 1024/2048),
 random weights with random biases and norm weights, fp32 on the CPU. Limits (DESIGN.md section 8):
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model.build import transformer_engine_error
-from model.hf_map import hf_to_megatron, load_into_megatron, megatron_to_hf
+from hf_interop.names import hf_to_megatron, load_into_megatron, megatron_to_hf
 from model.shapes import RELEASED, YarnScaling, get_shape
 from tests.hf_reference import (
     MAX_REL_DIFF,

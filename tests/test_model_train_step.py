@@ -4,7 +4,7 @@ The path: megatron's DistributedDataParallel wrapper (gradients in `param.main_g
 get_forward_backward_func() (forward_backward_no_pipelining at PP=1) with 2 micro-batches, GPTModel's own
 per-token cross entropy from `labels`, a masked-mean loss function, finalize_model_grads.
 The reference is transformers' Qwen2 with the same weights: its loss and its gradients, mapped into HF names
-by model.hf_map.megatron_to_hf (gradients share their parameters' layout). Measured in fp32: loss equal to
+by hf_interop.names.megatron_to_hf (gradients share their parameters' layout). Measured in fp32: loss equal to
 1.0e-7 relative, per-parameter gradient error <= 1.6e-6 of that parameter's largest gradient (worst: a k_proj
 bias, whose gradient is small because softmax cancels all but RoPE's position-dependent part of it).
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from model.hf_map import hf_to_megatron, load_into_megatron, megatron_to_hf
+from hf_interop.names import hf_to_megatron, load_into_megatron, megatron_to_hf
 from model.shapes import get_shape
 from tests.hf_reference import build_megatron, random_hf_model
 from train.distributed import init_model_parallel

@@ -1,5 +1,5 @@
 """SFT from an imported checkpoint (issue 7, acceptance 4, SFT half): a random tiny transformers model is imported
-with train.hf_convert.import_hf, then `launch/pretrain.py +recipe=tiny stage=sft checkpoint.load=IMPORT` trains 2
+with hf_interop.convert.import_hf, then `launch/pretrain.py +recipe=tiny stage=sft checkpoint.load=IMPORT` trains 2
 steps on 2 ranks in tiny's SFT layout (PP2) on a generated JSONL of conversations.
 
 The first logged loss is computed before any update, so it must equal transformers' loss on the same global batch,
@@ -28,7 +28,7 @@ from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import random_hf_model
 from tests.run_helpers import FAST, run_pretrain, train_losses
 from train.distributed import init_model_parallel
-from train.hf_convert import import_hf
+from hf_interop.convert import import_hf
 
 TINY_SFT = ["+recipe=tiny", "stage=sft", "model.tied_embeddings=false"]
 TRAIN = [*FAST, "train.train_iters=2", "train.eval_interval=0", "data.split='100,0,0'", "optimizer.warmup_iters=0",

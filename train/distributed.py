@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import Optional
 
 import torch
 from megatron.core import parallel_state
@@ -16,12 +17,15 @@ from megatron.core.tensor_parallel import random as megatron_random
 from train import cpu_shims
 
 
-def init_process_group(timeout_minutes: float = 30.0) -> None:
-    """Join torchrun's world, or start a 1-rank world when run as a plain process (tests, tools)."""
+def init_process_group(timeout_minutes: float = 30.0, backend: Optional[str] = None) -> None:
+    """Join torchrun's world, or start a 1-rank world when run as a plain process (tests, tools).
+
+    `backend` forces one (the HF converter uses gloo even on a GPU node); default NCCL with CUDA, else gloo.
+    """
     cpu_shims.install_if_no_cuda()
     if torch.distributed.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if "MASTER_ADDR" not in os.environ:  # not launched by torchrun (or a PyTorchJob): a world of one
         # An in-memory store, not a TCP port: a "free" port can be taken by another process between probing

@@ -1,8 +1,8 @@
 """Count each pipeline stage's parameters by building the real megatron-core model on the meta device.
 
-Why: the planner's per-rank formula (recipes.planner, which as configuration imports no megatron) is only as good as our reading of megatron's sharding
-(replicated norms, the tied embedding's copy on the last stage, VPP chunk placement). Building the model that
-training would build, for one rank of every pipeline stage, under a fake process group of the recipe's world
+Why: the planner's per-rank formula (recipes.planner, configuration that imports no megatron) is only as good
+as our reading of megatron's sharding (replicated norms, the tied embedding's copy on the last stage, VPP
+chunk placement). Building the model that training would build, for one rank of every pipeline stage, under a fake process group of the recipe's world
 size, makes megatron itself the referee. A 32B stage (32 layers, TP8) builds in well under a second: meta
 tensors allocate nothing.
 

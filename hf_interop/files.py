@@ -1,12 +1,12 @@
 """Hugging Face checkpoint directories on disk: read them (sharded or not), write them (sharded + index).
 
-Only the file formats live here. Tensor names and layouts are model.hf_map's; megatron is train.hf_convert's.
+Only the file formats live here. Tensor names and layouts are hf_interop.names's; megatron is hf_interop.convert's.
 
 Decisions, with the numbers behind them:
 - Reading is lazy and zero-copy. safetensors 0.8's `safe_open(...).get_tensor` returns a tensor backed by the
   file's mmap (measured: four gets of a 256 MB tensor grew the RSS by 0 MB and shared one data_ptr), so
   checking the names and shapes of a 32B checkpoint's 771 tensors reads nothing, and renamed tensors are
-  copied once, straight into the model. Only hf_map's packed QKV and gate/up tensors are materialised.
+  copied once, straight into the model. Only hf_interop.names' packed QKV and gate/up tensors are materialised.
 - Safe loading only: safetensors cannot run code. `pytorch_model*.bin` (pickle) is read with
   `torch.load(weights_only=True, mmap=True)`, which refuses anything but tensors and plain containers; the
   released Qwen2.5-Coder checkpoints are safetensors, .bin only appears in older fine-tunes.
