@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 LOADERS = ("torch", "dali")
-MODES = ("file", "repo")
+SAMPLE_MODES = ("file", "repo")  # how training reads prepared sources; data.pipeline.PREPARE_MODES adds "text"
 
 
 @dataclass
@@ -79,8 +79,8 @@ class DataConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"data.{name} must be in [0, 1], got {value}")
-        if self.mode not in MODES:
-            raise ValueError(f"data.mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in SAMPLE_MODES:
+            raise ValueError(f"data.mode must be one of {SAMPLE_MODES}, got {self.mode!r}")
         if self.loader not in LOADERS:
             raise ValueError(f"data.loader must be one of {LOADERS}, got {self.loader!r}")
         if self.num_workers < 0 or self.prefetch < 1:

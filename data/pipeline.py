@@ -29,7 +29,7 @@ from data.sources import (
 )
 from data.tokenizer import QWEN_SPECS, VOCAB_SIZE, Tokenizer, load_tokenizer
 
-MODES = ("file", "repo", "text")
+PREPARE_MODES = ("file", "repo", "text")
 
 
 @dataclass
@@ -160,8 +160,8 @@ def prepare(options: PrepareOptions) -> Report:
     """
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-    if options.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {options.mode!r}")
+    if options.mode not in PREPARE_MODES:
+        raise ValueError(f"mode must be one of {PREPARE_MODES}, got {options.mode!r}")
     if options.workers < 1:
         raise ValueError(f"workers must be >= 1, got {options.workers}")
     bin_path, idx_path, report_path = _output_paths(options.output_prefix)

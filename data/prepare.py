@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.filters import FilterConfig, parse_languages  # noqa: E402
-from data.pipeline import MODES, PrepareOptions, prepare  # noqa: E402
+from data.pipeline import PREPARE_MODES, PrepareOptions, prepare  # noqa: E402
 from data.report import BadInputError  # noqa: E402
 from data.sources import DEFAULT_EXCLUDE  # noqa: E402
 
@@ -21,7 +21,7 @@ def parse_args(argv=None) -> PrepareOptions:
     p.add_argument("--input", nargs="+", required=True, type=Path,
                    help="directories (of source files; of repositories in repo mode) and/or JSONL files")
     p.add_argument("--output-prefix", required=True, type=Path, help="writes PREFIX.bin, PREFIX.idx, PREFIX.report.json")
-    p.add_argument("--mode", choices=MODES, default="file", help="file-level, repo-level or plain text documents")
+    p.add_argument("--mode", choices=PREPARE_MODES, default="file", help="file-level, repo-level or plain text documents")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (output is identical for any value)")
     p.add_argument("--seed", type=int, default=1234, help="recorded in the report (prepare itself is not random)")
     p.add_argument("--strict", action="store_true", help="malformed input is an error instead of a counted skip")
