@@ -2,9 +2,9 @@
 
     python launch/k8s.py +recipe=7b stage=repo --image REGISTRY/qwen-coder:TAG --pvc qwen-runs > job.yaml
     python launch/k8s.py +recipe=32b train.train_iters=1000 --image IMG --host-path /mnt/lustre/runs \
-        --wandb-secret wandb --env NCCL_SOCKET_IFNAME=eth0 -o job.yaml
+        --wandb-secret wandb --rdma rdma/ib=1 --nccl-socket-ifname eth0 -o job.yaml
 
-Hydra overrides are the same ones launch/pretrain.py takes. The recipe is composed and validated on its own world
+Hydra overrides are the same ones launch/pretrain.py takes; options and overrides mix in any order. The recipe is composed and validated on its own world
 size (run.nodes x run.gpus_per_node) before anything is written; the manifest is then checked against the CRD
 schema (when --crd is given or shared/k8s/ is found) and the operator's webhook rules. Exit status 1 and a message
 on any error. Details and the reasons behind each field: deploy/k8s.py.
@@ -38,23 +38,33 @@ def parse(argv):
     p.add_argument("--omp-num-threads", type=int, default=1)
     p.add_argument("--restart-policy", default="ExitCode", choices=k8s.RESTART_POLICIES)
     p.add_argument("--backoff-limit", type=int, default=3)
+    p.add_argument("--wandb-entity", help="W&B user or team for the runs (default: the key's own)")
+    p.add_argument("--rdma", action="append", default=[], metavar="RESOURCE=COUNT",
+                   help="RDMA device-plugin resource per pod, e.g. rdma/ib=1 (repeatable); sets NCCL_IB_DISABLE=0")
+    p.add_argument("--nccl-ib-hca", help="NCCL_IB_HCA, e.g. mlx5")
+    p.add_argument("--nccl-socket-ifname", help="NCCL_SOCKET_IFNAME, e.g. eth0")
+    p.add_argument("--host-ipc", action="store_true", help="use the node's IPC namespace and /dev/shm")
+    p.add_argument("--shm-size", help="size limit of the pod's memory-backed /dev/shm, e.g. 64Gi")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env (repeatable)")
     p.add_argument("--crd", type=Path, help=f"CRD to validate against (default: {DEFAULT_CRD} if present)")
     p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # recipe overrides may come before, between or after options
 
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    bad_env = [e for e in args.env if "=" not in e]
-    if bad_env:
-        print(f"error: --env takes KEY=VALUE, got {bad_env}", file=sys.stderr)
+    bad = [e for e in args.env if "=" not in e] + [r for r in args.rdma if not r.partition("=")[2].isdigit()]
+    if bad:
+        print(f"error: --env takes KEY=VALUE and --rdma RESOURCE=COUNT, got {bad}", file=sys.stderr)
         return 1
     opts = k8s.JobOptions(
         image=args.image, pvc=args.pvc, host_path=args.host_path, name=args.name, namespace=args.namespace,
         wandb_secret=args.wandb_secret, wandb_secret_key=args.wandb_secret_key, working_dir=args.workdir,
         omp_num_threads=args.omp_num_threads, restart_policy=args.restart_policy, backoff_limit=args.backoff_limit,
-        data_pvc=args.data_pvc, data_mount=args.data_mount, extra_env=dict(e.split("=", 1) for e in args.env))
+        data_pvc=args.data_pvc, data_mount=args.data_mount, extra_env=dict(e.split("=", 1) for e in args.env),
+        wandb_entity=args.wandb_entity, rdma={k: int(v) for k, v in (r.split("=", 1) for r in args.rdma)},
+        nccl_ib_hca=args.nccl_ib_hca, nccl_socket_ifname=args.nccl_socket_ifname, host_ipc=args.host_ipc,
+        shm_size=args.shm_size)
     from recipes.validate import RecipeError
 
     try:

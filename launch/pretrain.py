@@ -1,7 +1,7 @@
 """Pretraining entry: `torchrun --nproc_per_node=N launch/pretrain.py +recipe=SIZE [stage=...] [overrides]`.
 
 Every rank composes the same Hydra config (recipes/), turns it into the typed Recipe and hands it to
-train.loop.run. Examples:
+train.loop.run. A recipe, data or checkpoint mistake ends the run with one message (train.errors). Examples:
     torchrun --nproc_per_node=2 launch/pretrain.py +recipe=tiny
     torchrun --nproc_per_node=8 launch/pretrain.py +recipe=7b stage=repo train.train_iters=1000
 """
@@ -10,20 +10,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from recipes import schema  # noqa: E402
-
-schema.register()
+from recipes.compose import compose_config  # noqa: E402
+from train.errors import user_errors_reported  # noqa: E402
 
 
-@hydra.main(config_path="../recipes", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
+def main(argv) -> None:
+    with user_errors_reported(extra=(ValueError,)):  # schema fields raise ValueError when they are built
+        cfg = compose_config(argv)
+        recipe = OmegaConf.to_object(cfg)
+    from train.distributed import set_launch_environment
     from train.loop import run
 
-    run(OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True))
+    set_launch_environment(recipe)  # CUDA_DEVICE_MAX_CONNECTIONS before CUDA initialises
+    with user_errors_reported():
+        run(recipe, OmegaConf.to_container(cfg, resolve=True))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -84,10 +84,10 @@ def test_every_recipe_renders_an_accepted_job(size, stage, crd_schema):
     assert command[:6] == ["torchrun", "--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)",
                            "launch/pretrain.py", f"+recipe={size}", f"stage={stage}"]
     pod_recipe = k8s.compose_recipe(k8s.hydra_overrides(command))
-    assert pod_recipe.run.dir == f"/runs/{name}"
+    assert (pod_recipe.run.dir, pod_recipe.run.name) == (f"/runs/{name}", name)  # W&B run named after the job
     assert recipe_world_size(pod_recipe) == k8s.manifest_world_size(m)
-    recipe.run.dir = pod_recipe.run.dir
-    assert pod_recipe == recipe  # layout, batch, precision, data, ...: everything but the run dir is unchanged
+    recipe.run.dir, recipe.run.name = pod_recipe.run.dir, pod_recipe.run.name
+    assert pod_recipe == recipe  # layout, batch, precision, data, ...: everything but the run dir/name is unchanged
 
 
 def test_overrides_round_trip_and_resize_the_job(crd_schema):
@@ -214,3 +214,44 @@ def test_cli_writes_a_manifest_or_fails_without_one(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     assert main(["+recipe=14b", "parallel.tp=3", "--image", "img", "--pvc", "runs", "-o", str(bad)]) == 1
     assert not bad.exists() and "[tp-heads]" in capsys.readouterr().err
+
+
+def test_cli_mixes_options_and_overrides_in_any_order(tmp_path):
+    """README's command: an override (data.sources=...) between options, and an option after it."""
+    from launch.k8s import main
+
+    sources = "data.sources=[{name: code, prefix: /data/code, weight: 1.0}]"
+    out = tmp_path / "job.yaml"
+    assert main(["+recipe=7b", "stage=repo", "--image", "REGISTRY/qwen-coder:TAG", "--pvc", "qwen-runs",
+                 "--wandb-secret", "wandb", sources, "--data-pvc", "qwen-data", "-o", str(out)]) == 0
+    m = yaml.safe_load(out.read_text())
+    assert sources in k8s.pod_command(m) and m["metadata"]["name"] == "qwen-7b-repo"
+    volumes = {v["name"]: v for v in m["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "qwen-data", "readOnly": True}
+
+
+def test_cluster_networking_options(crd_schema):
+    """RDMA resources + NCCL settings, hostIPC instead of the /dev/shm volume, a sized /dev/shm, W&B entity."""
+    rdma = k8s.JobOptions(image="img", pvc="runs", rdma={"rdma/ib": 1}, nccl_ib_hca="mlx5",
+                          nccl_socket_ifname="eth0", shm_size="64Gi", wandb_entity="team")
+    m = k8s.build_manifest(["+recipe=7b", "stage=repo"], rdma)
+    assert rejected(m, crd_schema) == []
+    for _, spec, c in containers(m):
+        assert c["resources"]["limits"] == {"nvidia.com/gpu": 8, "rdma/ib": 1}
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert (env["NCCL_IB_DISABLE"], env["NCCL_IB_HCA"], env["NCCL_SOCKET_IFNAME"]) == ("0", "mlx5", "eth0")
+        assert env["WANDB_ENTITY"] == "team"
+        dshm = next(v for v in spec["template"]["spec"]["volumes"] if v["name"] == "dshm")
+        assert dshm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"} and "hostIPC" not in spec["template"]["spec"]
+
+    ipc = k8s.build_manifest(["+recipe=7b", "stage=repo"], k8s.JobOptions(image="img", pvc="runs", host_ipc=True))
+    assert rejected(ipc, crd_schema) == []
+    for _, spec, c in containers(ipc):
+        assert spec["template"]["spec"]["hostIPC"] is True
+        assert "dshm" not in {v["name"] for v in spec["template"]["spec"]["volumes"]}
+        assert "/dev/shm" not in {v["mountPath"] for v in c["volumeMounts"]}
+        assert "NCCL_IB_DISABLE" not in {e["name"] for e in c["env"]}
+    with pytest.raises(k8s.ManifestError, match="--shm-size"):
+        k8s.build_manifest(["+recipe=7b"], k8s.JobOptions(image="img", pvc="r", host_ipc=True, shm_size="1Gi"))
+    ipc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["hostIPC"] = "yes"  # negative control
+    assert any("hostIPC" in e for e in k8s.schema_errors(ipc, crd_schema))
