@@ -19,22 +19,19 @@ import argparse
 import json
 import multiprocessing
 import os
-import sys
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
+import numpy as np
 # Imported before any timing: both paths write through megatron's IndexedDatasetBuilder (torch import ~3 s).
-from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder  # noqa: E402
+from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-from data.filters import FilterConfig  # noqa: E402
-from data.hf_export import export_hf_tokenizer  # noqa: E402
-from data.pipeline import PrepareOptions, prepare  # noqa: E402
-from data.tokenizer import EOD, SPECIAL_TOKENS, VOCAB_SIZE  # noqa: E402
+from data.filters import FilterConfig
+from data.hf_export import export_hf_tokenizer
+from data.pipeline import PrepareOptions, prepare
+from data.tokenizer import EOD, SPECIAL_TOKENS, VOCAB_SIZE
 
 CODE_SUFFIXES = (".py", ".c", ".h", ".cpp", ".js", ".sh", ".rst", ".txt", ".html", ".css")
 

@@ -8,12 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.filters import FilterConfig, parse_languages  # noqa: E402
-from data.pipeline import PREPARE_MODES, PrepareOptions, prepare  # noqa: E402
-from data.report import BadInputError  # noqa: E402
-from data.sources import DEFAULT_EXCLUDE  # noqa: E402
+from data.filters import FilterConfig, parse_languages
+from data.pipeline import PREPARE_MODES, PrepareOptions, prepare
+from data.report import BadInputError
+from data.sources import DEFAULT_EXCLUDE
 
 
 def parse_args(argv=None) -> PrepareOptions:

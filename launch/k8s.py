@@ -13,10 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from deploy import k8s
 
-from deploy import k8s  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_CRD = ROOT.parent / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
 

@@ -10,14 +10,11 @@ this entry reads. The memory model is documented in recipes/planner.py. Exit sta
 Hydra runs with its logging off and no output directory: a plan writes nothing.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hydra
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from recipes import schema  # noqa: E402
+from recipes import schema
 
 # A planner writes nothing: no run directory, no log file (added unless the command line sets the same key).
 _QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none", "hydra.output_subdir=null", "hydra.run.dir=."]

@@ -2,9 +2,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train.plots import render_plots  # noqa: E402
+from train.plots import render_plots
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "metrics.jsonl").exists():

@@ -6,14 +6,11 @@ train.loop.run. A recipe, data or checkpoint mistake ends the run with one messa
     torchrun --nproc_per_node=8 launch/pretrain.py +recipe=7b stage=repo train.train_iters=1000
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from omegaconf import OmegaConf
 
-from omegaconf import OmegaConf  # noqa: E402
-
-from recipes.compose import compose_config  # noqa: E402
-from train.errors import user_errors_reported  # noqa: E402
+from recipes.compose import compose_config
+from train.errors import user_errors_reported
 
 
 def main(argv) -> None:
