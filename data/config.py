@@ -24,6 +24,10 @@ class DataSource:
     """Path prefix of the .bin/.idx pair, without the suffix; stage=sft: the conversations' .jsonl file path."""
     weight: float = 1.0
     """Blend weight; weights are normalised over all sources."""
+    fim_rate: Optional[float] = None
+    """Fill-in-the-middle rate of this source; None: data.fim_rate if the source was prepared as code
+    (data/prepare.py --mode file|repo, read from PREFIX.report.json; no report counts as code), 0 if it was
+    prepared with --mode text (the text and math of the mix are plain next-token prediction)."""
 
 
 def default_sources() -> List[DataSource]:
@@ -44,9 +48,11 @@ class DataConfig:
     mode: str = "file"
     """How the sources were prepared: 'file' (file-level) or 'repo' (repo-level: FIM in the last file only)."""
     fim_rate: float = 0.5
-    """Probability that a document is rearranged fill-in-the-middle (0 disables FIM)."""
-    fim_spm_rate: float = 0.5
-    """Share of FIM documents in SPM order; the rest are PSM."""
+    """Probability that a code document is rearranged fill-in-the-middle (0 disables FIM; per source:
+    data.sources[].fim_rate)."""
+    fim_spm_rate: float = 0.0
+    """Share of FIM documents in SPM order (StarCoder's variant); the rest, by default all, are PSM, the only
+    order Qwen2.5-Coder's prompts use."""
     seed: Optional[int] = None
     """Seed for shuffling, blending and FIM; None uses the run's seed passed to build_pretrain_datasets."""
     cache_dir: Optional[str] = None
@@ -75,6 +81,9 @@ class DataConfig:
         for i, source in enumerate(self.sources):
             if not source.weight > 0:
                 raise ValueError(f"data.sources[{i}] ({source.name}): weight must be > 0, got {source.weight}")
+            if source.fim_rate is not None and not 0.0 <= source.fim_rate <= 1.0:
+                raise ValueError(f"data.sources[{i}] ({source.name}): fim_rate must be in [0, 1] or null, "
+                                 f"got {source.fim_rate}")
         for name in ("fim_rate", "fim_spm_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

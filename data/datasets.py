@@ -6,9 +6,11 @@ build_pretrain_datasets() is what the training loop calls. It
    `_get_num_epochs` (gpt_dataset.py:634) loops forever on an empty split with samples requested, so on
    a 40-document source `split="99,1,0"` would hang the job instead of failing; here it is an error that
    names the source, the split and the fix;
-2. builds GPTDataset (or FIMGPTDataset when fim_rate > 0) per source through BlendedMegatronDatasetBuilder
-   with the normalised weights (default code 0.7 / text 0.2 / math 0.1). megatron's blending index is
-   deterministic and greedy: after n samples every source is within one sample of weight x n.
+2. builds GPTDataset (or FIMGPTDataset when any source has a FIM rate > 0) per source through
+   BlendedMegatronDatasetBuilder with the normalised weights (default code 0.7 / text 0.2 / math 0.1).
+   megatron's blending index is deterministic and greedy: after n samples every source is within one sample
+   of weight x n. FIM is per source (source_fim_rate): code gets data.fim_rate, sources prepared as text
+   (data/prepare.py --mode text, recorded in PREFIX.report.json) get none, as in the Qwen2.5-Coder paper.
 
 Items are dicts of torch tensors of length seq_length: tokens, labels, loss_mask, position_ids (plus
 megatron's dataset_id for blends). megatron needs torch.distributed initialised when it blends with a
@@ -16,6 +18,7 @@ cache directory (BlendedDataset asks for the rank); a 1-process gloo group is en
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from data.config import DataConfig, split_percentages
+from data.config import DataConfig, DataSource, split_percentages
 from data.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -77,6 +80,25 @@ def summarize_source(name: str, prefix: str, split: str, vocab_size: int) -> Sou
         split_docs.append(end - begin)
         split_tokens.append(int(lengths[begin:end].sum()))
     return SourceSummary(name, prefix, len(lengths), int(lengths.sum()), split_docs, split_tokens)
+
+
+def prepared_mode(prefix: str) -> Optional[str]:
+    """The --mode data/prepare.py recorded in PREFIX.report.json (file|repo|text); None without a report."""
+    path = Path(f"{prefix}.report.json")
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["settings"]["mode"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataValidationError(f"{path}: not a data/prepare.py report ({type(error).__name__}: {error}); "
+                                  "re-run data/prepare.py or remove the file") from None
+
+
+def source_fim_rate(source: DataSource, cfg: DataConfig) -> float:
+    """A source's FIM rate: its own fim_rate if set; else data.fim_rate unless it was prepared as text."""
+    if source.fim_rate is not None:
+        return source.fim_rate
+    return 0.0 if prepared_mode(source.prefix) == "text" else cfg.fim_rate
 
 
 def validate_sources(cfg: DataConfig, samples: List[int], vocab_size: int) -> List[SourceSummary]:
@@ -148,15 +170,16 @@ def build_pretrain_datasets(
         path_to_cache=cfg.cache_dir,
         mid_level_dataset_surplus=cfg.mid_level_dataset_surplus,
     )
-    if cfg.fim_rate > 0:
-        config = FIMGPTDatasetConfig(fim_rate=cfg.fim_rate, fim_spm_rate=cfg.fim_spm_rate,
+    fim_rates = {s.prefix: source_fim_rate(s, cfg) for s in cfg.sources}
+    if any(fim_rates.values()):
+        config = FIMGPTDatasetConfig(fim_rates=fim_rates, fim_spm_rate=cfg.fim_spm_rate,
                                      fim_repo_level=cfg.mode == "repo", **common)
         cls = FIMGPTDataset
     else:
         config = GPTDatasetConfig(**common)
         cls = GPTDataset
     for summary in summaries:
-        logger.info("data source %s: %d documents, %d tokens (%s)", summary.name, summary.documents,
-                    summary.tokens, summary.prefix)
+        logger.info("data source %s: %d documents, %d tokens, FIM rate %g (%s)", summary.name, summary.documents,
+                    summary.tokens, fim_rates[summary.prefix], summary.prefix)
     train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
     return train_ds, (valid_ds if valid_samples else None)

@@ -1,44 +1,54 @@
 """Fill-in-the-middle as a dataset layer over megatron-core's GPTDataset (megatron-core has no FIM).
 
-Per document, with probability `rate`, a document is rearranged around two random cut points:
-    PSM:  <|fim_prefix|> pre <|fim_suffix|> suf <|fim_middle|> mid
-    SPM:  <|fim_prefix|> <|fim_suffix|> suf <|fim_middle|> pre mid     (share `spm_rate` of FIM documents)
-SPM is the "variant 2" of Bavarian et al. 2022 used by StarCoder and Megatron-LM: the three sentinels keep
-the PSM order and pre+mid stay contiguous, so in both modes the sentinels appear once, in the order
-prefix < suffix < middle, and the original is (text after <|fim_middle|>) ordered back as pre, mid, suf.
+Per document, with probability `rate`, the text is cut at two random CHARACTER positions into prefix,
+middle and suffix, each piece is tokenized on its own, and the document becomes
+    PSM (default, Qwen2.5-Coder's format):  <|fim_prefix|> pre <|fim_suffix|> suf <|fim_middle|> mid
+    SPM (share `spm_rate`, StarCoder's variant): <|fim_prefix|> <|fim_suffix|> suf <|fim_middle|> pre mid
+Qwen's README, examples and FIM benchmarks prompt PSM only, so spm_rate defaults to 0. SPM is "variant 2" of
+Bavarian et al. 2022 as StarCoder trains it: the sentinels keep the PSM order and pre+mid stay contiguous, so in
+both modes each sentinel appears once, in the order prefix < suffix < middle.
 
 Decisions:
-- Cut on token boundaries, never re-tokenize. The .bin holds tokens; a character-level cut would need a
-  decode + two encodes per document in every loader worker (~0.3 ms per 1K tokens with tiktoken) and
-  would change the sample length unpredictably. Token cuts are free and exact; the cost is that a middle
-  never starts inside a token (at inference the cursor usually sits at a token boundary anyway).
-- A GPTDataset sample is a window of seq_length+1 tokens packed across documents. Documents are the
-  eod-separated segments of the window (the first and last are usually partial) and each is treated
-  independently. FIM adds 3 sentinels per FIM document; the window keeps its exact length by trimming
-  its tail (the last, usually partial, segment) *before* rearranging, so all sentinels survive. If the
-  trim removes a whole FIM segment its 3 tokens are returned as <|fim_pad|> at the end, loss-masked.
-  Cost: 3 tokens per FIM document, e.g. 0.5 x 3 docs x 3 / 8,193 = 0.05 % of an 8K window.
-- Seeded per sample: Generator(SeedSequence([seed, split, index, hash of the source's file name])), so
-  sample i is the same after a restart and for any data-parallel size (the index is global, not per rank).
-- Repo-level samples (`repo_level=True`): FIM only inside the content of the last file of a segment: the
-  region after the last <|file_sep|> and its path line (up to the first token containing a newline).
-  A segment without <|file_sep|> (a window that starts mid-repository) gets no FIM.
+- Character cuts, pieces tokenized separately (Megatron-LM's GPTFIMDataset and the StarCoder recipe do the
+  same): at inference a user's prefix ends wherever the cursor is, often inside what would be one token of the
+  whole file, and is tokenized on its own; token-boundary cuts would never show the model such a prefix. Cost:
+  one decode and three encodes of each FIM document's tokens in the loader workers (bench/fim_throughput.py).
+- Exact length by construction: every eod-separated segment of the packed window (GPTDataset packs
+  seq_length+1 tokens across documents) is replaced by a rearranged segment of exactly its own length. The
+  three sentinels and any growth from re-tokenizing (about 2 tokens: each cut can split a token) are paid by
+  cutting the END of the suffix (StarCoder's truncate-or-pad), and when the suffix is too short, the START of
+  the prefix: a suffix cut at its end and a prefix starting mid-file are what inference shows too (Qwen's FIM
+  benchmark keeps the last 1,472 prefix tokens and the first 512 suffix tokens). Paying from the suffix alone
+  would leave ~7 % of 150-token documents without FIM (suffix shorter than the price) and bias the rate. A
+  segment shorter than the price stays as it is. A segment that re-tokenizes shorter is padded with
+  <|fim_pad|> at its end, and every <|fim_pad|> input or label is loss-masked. Segment boundaries, and with
+  them every <|file_sep|> and eod, stay where GPTDataset put them.
+- Only segments that decode to valid UTF-8 and hold no special id are rearranged: a window that starts or ends
+  inside a multi-byte character, or a segment carrying structure (<|file_sep|> in a file-level source),
+  cannot round-trip through text. For code (mostly ASCII) that is well under 1 % of documents.
+- Seeded per sample: Generator(SeedSequence([seed, split, index, hash of the source's file name])), so sample i
+  is the same after a restart and for any data-parallel size (the index is global, not per rank). Each segment
+  always consumes the same 4 draws, so one segment's choice never shifts another's.
+- Repo-level samples (`repo_level=True`): FIM only inside the content of the last file of a segment, i.e. the
+  tokens after the last <|file_sep|> and its path line (up to the first token containing a newline). A segment
+  without <|file_sep|> (a window that starts mid-repository) gets no FIM.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-from data.tokenizer import EOD, FILE_SEP, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS, newline_token_mask
+from data.tokenizer import EOD, FILE_SEP, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS, Tokenizer, newline_token_mask
 
-DRAWS_PER_SEGMENT = 4  # fim?, spm?, cut 1, cut 2: always drawn, so one segment's choice never shifts another's
+DRAWS_PER_SEGMENT = 4  # fim?, spm?, cut 1, cut 2
+SENTINELS_PER_DOCUMENT = 3
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ class FIMSpec:
     """FIM settings plus the ids it needs (defaults: Qwen2.5's table)."""
 
     rate: float = 0.5  # probability that a document is rearranged
-    spm_rate: float = 0.5  # share of FIM documents in SPM order (the rest PSM)
+    spm_rate: float = 0.0  # share of FIM documents in SPM order (StarCoder's variant); Qwen uses PSM only
     repo_level: bool = False  # FIM only in the last file of a repo-level document
     prefix_id: int = SPECIAL_TOKENS[FIM_PREFIX]
     middle_id: int = SPECIAL_TOKENS[FIM_MIDDLE]
@@ -54,6 +64,7 @@ class FIMSpec:
     pad_id: int = SPECIAL_TOKENS[FIM_PAD]
     eod_id: int = SPECIAL_TOKENS[EOD]
     file_sep_id: int = SPECIAL_TOKENS[FILE_SEP]
+    special_ids: Tuple[int, ...] = tuple(SPECIAL_TOKENS.values())  # a segment holding any of these is kept as is
 
     def __post_init__(self) -> None:
         for name in ("rate", "spm_rate"):
@@ -81,65 +92,61 @@ def fim_region_start(segment: np.ndarray, spec: FIMSpec, newline_mask: Optional[
     return int(seps[-1] + 1 + newlines[0] + 1)
 
 
-def rearrange(segment: np.ndarray, start: int, spm: bool, cut1: float, cut2: float, spec: FIMSpec) -> np.ndarray:
-    """One FIM document: segment[:start] stays in front, segment[start:] is split at two token cuts."""
-    head, region = segment[:start], segment[start:]
-    n = len(region)
+def rearrange(region: np.ndarray, spm: bool, cut1: float, cut2: float, spec: FIMSpec,
+              tokenizer: Tokenizer) -> Optional[np.ndarray]:
+    """The FIM form of `region`, exactly len(region) tokens, or None when it cannot be rearranged.
+
+    cut1, cut2 in [0, 1): the two character positions as fractions of the region's text length.
+    """
+    if region.max() >= min(spec.special_ids) and np.isin(region, spec.special_ids).any():
+        return None
+    try:
+        text = tokenizer.decode_bytes(region).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    n = len(text)
     i, j = sorted((int(cut1 * (n + 1)), int(cut2 * (n + 1))))
-    pre, mid, suf = region[:i], region[i:j], region[j:]
-    p, m, s = ([spec.prefix_id], [spec.middle_id], [spec.suffix_id])
-    if spm:
-        parts = [head, p, s, suf, m, pre, mid]
-    else:
-        parts = [head, p, pre, s, suf, m, mid]
-    return np.concatenate([np.asarray(x, dtype=segment.dtype) for x in parts])
+    pre, mid, suf = tokenizer.encode_batch([text[:i], text[i:j], text[j:]])
+    extra = SENTINELS_PER_DOCUMENT + len(pre) + len(mid) + len(suf) - len(region)
+    if extra > len(pre) + len(suf):
+        return None  # too short to pay for the sentinels
+    from_suffix = min(max(extra, 0), len(suf))
+    suf = suf[: len(suf) - from_suffix]
+    pre = pre[max(extra, 0) - from_suffix :]
+    pad = np.full(max(0, -extra), spec.pad_id)
+    p, m, s = [spec.prefix_id], [spec.middle_id], [spec.suffix_id]
+    parts = [p, s, suf, m, pre, mid, pad] if spm else [p, pre, s, suf, m, mid, pad]
+    return np.concatenate([np.asarray(x, dtype=region.dtype) for x in parts])
 
 
-def _split_segments(body: np.ndarray, eod: int) -> List[np.ndarray]:
-    """Eod-separated segments (eods excluded): k eods give k+1 segments, some possibly empty."""
-    parts = np.split(body, np.flatnonzero(body == eod))
-    return [part if k == 0 else part[1:] for k, part in enumerate(parts)]
-
-
-def apply_fim(window: np.ndarray, spec: FIMSpec, rng: np.random.Generator,
+def apply_fim(window: np.ndarray, spec: FIMSpec, rng: np.random.Generator, tokenizer: Tokenizer,
               newline_mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, int]:
     """FIM over one packed window; returns (new window of the same length, number of FIM documents).
 
-    Negative ids (GPTDataset's padding of a short last sample) are left untouched at the end.
+    Every eod-separated segment keeps its length and place. Negative ids (GPTDataset's padding of a short
+    last sample) are left untouched at the end.
     """
     if spec.repo_level and newline_mask is None:
         raise ValueError("repo-level FIM needs newline_mask (data.tokenizer.newline_token_mask)")
     negative = np.flatnonzero(window < 0)
     valid = int(negative[0]) if len(negative) else len(window)
-    body = window[:valid]
-    segments = _split_segments(body, spec.eod_id)
-    draws = rng.random((len(segments), DRAWS_PER_SEGMENT))
-
-    def region(k: int, segment: np.ndarray) -> int:
-        """Start of the FIM region of segment k, or -1 when it is not rearranged."""
-        if len(segment) == 0 or draws[k, 0] >= spec.rate:
-            return -1
-        start = fim_region_start(segment, spec, newline_mask)
-        return start if 0 <= start < len(segment) else -1
-
-    # Pay 3 tokens per FIM document by trimming the window's tail first. Trimming can only cancel FIM
-    # documents (never add one), so the result is at most `valid` long; the rest is <|fim_pad|>.
-    budget = 3 * sum(region(k, segment) >= 0 for k, segment in enumerate(segments))
-    if budget:
-        segments = _split_segments(body[: max(0, valid - budget)], spec.eod_id)
-    out: List[np.ndarray] = []
+    eods = np.flatnonzero(window[:valid] == spec.eod_id)
+    starts = np.concatenate([[0], eods + 1])
+    ends = np.concatenate([eods, [valid]])
+    draws = rng.random((len(starts), DRAWS_PER_SEGMENT))
+    out = window.copy()
     done = 0
-    for k, segment in enumerate(segments):
-        if k:
-            out.append(np.array([spec.eod_id], dtype=window.dtype))
-        start = region(k, segment)
-        if start >= 0:
-            segment = rearrange(segment, start, draws[k, 1] < spec.spm_rate, draws[k, 2], draws[k, 3], spec)
+    for (a, b), (fim, spm, cut1, cut2) in zip(zip(starts.tolist(), ends.tolist()), draws):
+        if b <= a or fim >= spec.rate:
+            continue
+        start = fim_region_start(window[a:b], spec, newline_mask)
+        if not 0 <= start < b - a:
+            continue
+        region = rearrange(window[a + start : b], spm < spec.spm_rate, cut1, cut2, spec, tokenizer)
+        if region is not None:
+            out[a + start : b] = region
             done += 1
-        out.append(segment)
-    result = np.concatenate(out)
-    pad = np.full(valid - len(result), spec.pad_id, dtype=window.dtype)
-    return np.concatenate([result, pad, window[valid:]]), done
+    return out, done
 
 
 @functools.lru_cache(maxsize=4)
@@ -149,27 +156,34 @@ def _newline_mask_for(tokenizer) -> np.ndarray:
 
 @dataclass
 class FIMGPTDatasetConfig(GPTDatasetConfig):
-    """GPTDatasetConfig plus FIM settings (the index cache does not depend on them: FIM runs per sample)."""
+    """GPTDatasetConfig plus FIM settings (the index cache does not depend on them: FIM runs per sample).
 
-    fim_rate: float = 0.5
-    fim_spm_rate: float = 0.5
+    fim_rates: the FIM rate of each source, keyed by its prefix as given in `blend` (sources differ:
+    code gets FIM, text and math by default do not).
+    """
+
+    fim_rates: Dict[str, float] = field(default_factory=dict)
+    fim_spm_rate: float = 0.0
     fim_repo_level: bool = False
 
 
 class FIMGPTDataset(GPTDataset):
     """GPTDataset whose windows get FIM; items have the usual tokens/labels/loss_mask/position_ids.
 
-    <|fim_pad|> labels are loss-masked. Works as the `cls` of BlendedMegatronDatasetBuilder.
+    <|fim_pad|> positions (inputs and labels) are loss-masked. Works as the `cls` of
+    BlendedMegatronDatasetBuilder.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
+        if self.dataset_path not in cfg.fim_rates:
+            raise KeyError(f"no FIM rate for source {self.dataset_path!r} (fim_rates has {sorted(cfg.fim_rates)})")
         self.fim = FIMSpec(
-            rate=cfg.fim_rate, spm_rate=cfg.fim_spm_rate, repo_level=cfg.fim_repo_level,
+            rate=cfg.fim_rates[self.dataset_path], spm_rate=cfg.fim_spm_rate, repo_level=cfg.fim_repo_level,
             **_spec_ids(cfg.tokenizer),
         )
-        self._newline_mask = _newline_mask_for(cfg.tokenizer) if cfg.fim_repo_level else None
+        self._newline_mask = _newline_mask_for(cfg.tokenizer) if cfg.fim_repo_level and self.fim.rate else None
         # Sources draw differently for the same sample index; the salt comes from the prefix's file name
         # only, so moving the data directory does not change any sample.
         name = os.path.basename(self.dataset_path or "")
@@ -177,23 +191,28 @@ class FIMGPTDataset(GPTDataset):
 
     def _query_document_sample_shuffle_indices(self, idx: int) -> Tuple[np.ndarray, np.ndarray]:
         text, document_ids = super()._query_document_sample_shuffle_indices(idx)
-        rng = sample_rng(self.config.random_seed, self.index_split.value, int(idx), self._salt)
-        text, _ = apply_fim(text, self.fim, rng, self._newline_mask)
+        if self.fim.rate > 0:
+            rng = sample_rng(self.config.random_seed, self.index_split.value, int(idx), self._salt)
+            text, _ = apply_fim(text, self.fim, rng, self.config.tokenizer, self._newline_mask)
         return text, document_ids
 
     def __getitem__(self, idx: Optional[int]) -> Dict[str, torch.Tensor]:
         item = super().__getitem__(idx)
-        item["loss_mask"][item["labels"] == self.fim.pad_id] = 0.0
+        # A new tensor: GPTDataset returns its cached loss mask itself for the first sample of a process,
+        # and masking that in place would leak this sample's pads into every later sample.
+        pads = (item["labels"] == self.fim.pad_id) | (item["tokens"] == self.fim.pad_id)
+        item["loss_mask"] = item["loss_mask"].masked_fill(pads, 0.0)
         return item
 
 
-def _spec_ids(tokenizer) -> Dict[str, int]:
+def _spec_ids(tokenizer) -> Dict[str, object]:
     special = getattr(tokenizer, "special", None) or SPECIAL_TOKENS
     names = {"prefix_id": FIM_PREFIX, "middle_id": FIM_MIDDLE, "suffix_id": FIM_SUFFIX, "pad_id": FIM_PAD,
              "file_sep_id": FILE_SEP}
     missing = [name for name in names.values() if name not in special]
     if missing:
         raise ValueError(f"the tokenizer has no {missing}: FIM needs them (use fim_rate=0 or a Qwen2.5 tokenizer)")
-    ids = {key: special[name] for key, name in names.items()}
+    ids: Dict[str, object] = {key: special[name] for key, name in names.items()}
     ids["eod_id"] = tokenizer.eod
+    ids["special_ids"] = tuple(sorted(set(special.values()) | {tokenizer.eod}))
     return ids

@@ -160,6 +160,11 @@ class Tokenizer:
         """Raw bytes of one id (special ids give their name)."""
         return self.decode_bytes([token_id])
 
+    def regular_token_bytes(self) -> Dict[int, bytes]:
+        """id -> bytes of every id that is not a special token (one decode per id; subclasses go faster)."""
+        special_ids = set(self.special.values())
+        return {i: self.id_to_bytes(i) for i in range(self.vocab_size) if i not in special_ids}
+
     @property
     def unique_identifiers(self) -> "OrderedDict[str, str]":
         """Key for megatron's dataset index cache."""
@@ -230,7 +235,11 @@ class QwenTokenizer(Tokenizer):
         return [np.asarray(encoding.encode_ordinary(t), dtype=np.int32) for t in texts]
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return self._tiktoken().decode_bytes([int(i) for i in ids])
+        return self._tiktoken().decode_bytes(_int_list(ids))
+
+    def regular_token_bytes(self) -> Dict[int, bytes]:
+        """The ranks table itself (~0.05 s instead of ~2 s of single-id decodes)."""
+        return {rank: token for token, rank in self._tiktoken()._mergeable_ranks.items()}
 
     def __getstate__(self):
         # Rebuild in the receiving process (worker pools, DataLoader workers): 0.3 s, cheaper than pickling.
@@ -281,13 +290,18 @@ class HFTokenizer(Tokenizer):
         return np.asarray(self._hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return self._hf.decode([int(i) for i in ids], skip_special_tokens=False).encode("utf-8")
+        return self._hf.decode(_int_list(ids), skip_special_tokens=False).encode("utf-8")
 
     def __getstate__(self):
         return {"directory": str(self.directory)}
 
     def __setstate__(self, state):
         self.__init__(Path(state["directory"]))
+
+
+def _int_list(ids: Iterable[int]) -> List[int]:
+    """Python ints for the Rust decoders (ndarray.tolist is ~10x faster than a comprehension: FIM decodes)."""
+    return ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids]
 
 
 def load_tokenizer(spec: str = "qwen2.5", backend: str = "auto") -> Tokenizer:
@@ -309,8 +323,6 @@ def load_tokenizer(spec: str = "qwen2.5", backend: str = "auto") -> Tokenizer:
 def newline_token_mask(tokenizer: Tokenizer) -> np.ndarray:
     """Bool array over the vocab: True where the token's bytes contain b"\\n" (repo-level FIM uses it)."""
     mask = np.zeros(tokenizer.vocab_size, dtype=bool)
-    special_ids = set(tokenizer.special.values())
-    for token_id in range(tokenizer.vocab_size):
-        if token_id not in special_ids and b"\n" in tokenizer.id_to_bytes(token_id):
-            mask[token_id] = True
+    for token_id, token in tokenizer.regular_token_bytes().items():
+        mask[token_id] = b"\n" in token
     return mask
