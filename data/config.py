@@ -62,7 +62,7 @@ class DataConfig:
     eod_mask_loss: bool = False
     """Mask the loss on <|endoftext|> labels."""
     reset_position_ids: bool = False
-    """Restart position ids at each document (megatron's RoPE ignores them; see DESIGN.md section 8)."""
+    """Restart position ids at each document (megatron's RoPE ignores them; see docs/megatron-quirks.md)."""
     loader: str = "torch"
     """'torch' DataLoader, or 'dali' (NVIDIA DALI pipeline that prefetches batches to the GPU)."""
     num_workers: int = 2

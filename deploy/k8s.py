@@ -6,7 +6,7 @@ run directory must be stable per job so a restarted pod resumes from its checkpo
 recipe, after recipes.validate has accepted the layout on that world size, makes a broken layout fail here,
 before a manifest exists, instead of minutes into a multi-node job.
 
-What the operator provides (DESIGN.md section 6): MASTER_ADDR/PORT, WORLD_SIZE, RANK (the node index),
+What the operator provides (docs/kubernetes.md): MASTER_ADDR/PORT, WORLD_SIZE, RANK (the node index),
 PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE. torchrun reads the PET_* variables as its own flags, so the
 container runs `torchrun launch/pretrain.py +recipe=SIZE stage=STAGE ...` as a user types it on a node, plus
 the master address (see training_command).

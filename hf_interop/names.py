@@ -1,6 +1,6 @@
 """Hugging Face Qwen2 <-> megatron-core GPTModel: tensor names, layouts and config.json, in one place.
 
-Everything the HF interop needs to know about the two formats lives here (issue 7's converter imports it), so
+Everything the HF interop needs to know about the two formats lives here (hf_interop.convert imports it), so
 a fact fixed once is fixed for import, export and the parity tests alike.
 
 Tensors (full, unsharded TP1/PP1 state dicts; megatron's dist checkpoint reshards later):

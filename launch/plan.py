@@ -6,7 +6,7 @@
 
 The recipe is composed exactly as launch/pretrain.py composes it (same Hydra tree, same overrides) and checked
 by recipes.validate on its own world size (run.nodes x run.gpus_per_node); `plan.*` is a schema node that only
-this entry reads. The memory model is documented in recipes/planner.py. Exit status 1 when it does not fit.
+this entry reads. The memory model is documented in docs/memory-model.md. Exit status 1 when it does not fit.
 Hydra runs with its logging off and no output directory: a plan writes nothing.
 """
 import sys

@@ -1,44 +1,10 @@
 """What a recipe costs per GPU before it launches: parameters per rank, peak memory, FLOPs, and whether it fits.
 
-Parameters per rank (exact; checked against megatron's own meta-device build, train.meta_count):
-    a layer holds (attention + MLP weights and the QKV bias) / tp plus its two RMSNorm weights (2h, replicated
-    over TP); the first model chunk adds the embedding V*h/tp, the last chunk the final norm h and the output
-    layer V*h/tp (for tied shapes only when pp > 1: megatron keeps a copy of the embedding on the last stage).
-
-Peak memory of one rank of pipeline stage r (the planner reports the busiest stage), bytes:
-    weights     P_r x 2 (bf16; 4 for fp32)
-    grads       P_r x 4 (megatron's main_grad buffer is fp32 with grad_reduce_in_fp32; else the param dtype)
-    optimizer   P_r x 12 / S (fp32 master + Adam m, v; 8 when params are already fp32), S = dp x cp with the
-                distributed optimizer (megatron shards over the data-parallel group *with* context parallel),
-                S = 1 without it. Only optimizer state is sharded (ZeRO-1): grads stay whole.
-    fp8 cache   2 bytes per layer linear weight with FP8 (TE caches the FP8 weight and its transpose across the
-                micro-batches of a step)
-    reference   DPO keeps a frozen bf16 copy of the policy as the reference model: P_r x 2 more
-    activations in-flight micro-batches x layers each x per-layer bytes (below), plus one layer as the backward
-                working set (activation gradients); with full recompute only each recompute group's input is
-                kept, plus one group recomputed at a time
-    logits      last stage: T x (V/tp) x (2 + 4 + 2): bf16 logits, their fp32 copy that the vocab-parallel
-                cross-entropy turns into the softmax in place, and the bf16 gradient
-    allowance   3 GiB fixed (CUDA context ~0.5 GiB, cuBLAS/cuDNN workspaces, NCCL buffers of the TP/CP/DP/PP
-                communicators) + 10 % of everything above for allocator fragmentation
-Per-layer activation bytes, derived like Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
-Transformer Models", section 4) for the Qwen2 block as megatron runs it: flash/fused attention (no s x s
-scores kept, only a 4-byte softmax statistic per head and token), no dropout (Qwen2 has none), GQA, SwiGLU.
-Per token, 2-byte elements: two norms each keep their input and output (4h, divided by tp with SP), attention
-keeps Q, K, V and its output (2q + 2kv, q = heads x d, kv = groups x d, divided by tp; with groups < tp a
-rank holds one whole KV group), the MLP keeps fc1's output and the SwiGLU output (2f + f, divided by tp):
-    bytes/layer = T x [2 x (4h/sp_tp + 2q/tp + 2kv_r + 3f/tp) + 4 x heads/tp],  T = mbs x seq / cp tokens
-(x2 for DPO: chosen and rejected), kv_r = d x max(groups / tp, 1). E.g. 7B at TP2+SP: 79,416 bytes per token
-per layer, 0.61 GiB per layer at mbs 1 and seq 8192, 17.0 GiB for its 28 layers. FP8 is assumed to save no
-activation memory (conservative: TE keeps some linear inputs in FP8). Selective recompute of core attention is
-counted like none: under flash attention Q, K, V are the checkpoint's inputs and the output is linear_proj's
-saved input, so nothing is freed.
-In-flight micro-batches on stage r (megatron's schedules.py warm-up counts, capped by the M micro-batches):
-    pp = 1: one micro-batch of all L layers; 1F1B: min(pp - r, M) of L/pp layers each; interleaved:
-    min(2 (pp - r - 1) + (vpp - 1) pp + 1, M vpp) model chunks of L/(pp vpp) layers each (stage 0 of pp=4,
-    vpp=2 holds 11 chunks = 1.375 L layers, Narayanan et al. 2021's L (1 + (pp-1)/(pp vpp))).
-Context parallelism adds TE's ring-attention send and receive buffers of the rank's K and V: 2 x 2kv_r x T x 2
-bytes. With fp32 params (the tiny CPU recipes) every element is 4 bytes and a logit costs 12.
+Parameters per rank are exact (train.meta_count checks them against megatron's own meta-device build). Peak
+memory per rank of each pipeline stage = weights + fp32 grads + Adam state (sharded over DP x CP with the
+distributed optimizer) + FP8 weight cache + activations of the schedule's in-flight micro-batches
+(Korthikanti et al. 2022 per-layer bytes for the Qwen2 block) + logits on the last stage + a 3 GiB + 10 %
+allowance. The derivation, with each term's numbers: docs/memory-model.md.
 """
 from __future__ import annotations
 

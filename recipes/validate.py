@@ -24,7 +24,7 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
 - vpp-needs-pp: vpp > 1 needs pp > 1 (interleaving has nothing to interleave otherwise).
 - pp2-vpp-p2p: pp == 2 and vpp > 1 needs batch_p2p_comm False: with batched send/recv the previous and
   next rank are the same process and messages match in the wrong order -> silently wrong gradients
-  (DESIGN.md section 2; grad-norm 1.98 vs 0.417 measured).
+  (docs/megatron-quirks.md; grad-norm 1.98 vs 0.417 measured).
 - cp-sequence: seq % (2 x cp) == 0 (load-balanced split into 2 x cp chunks).
 - sp-sequence: with SP the per-CP-rank length seq/cp is split over TP: (seq/cp) % tp == 0.
 - packing-cp: stage=sft with data.packing needs cp == 1: packed (thd) rows under CP need every conversation

@@ -1,5 +1,5 @@
 """Shared pieces of the model tests: a randomly initialised transformers Qwen2 (the independent reference),
-our megatron model built for a shape, and the logits comparison with DESIGN.md section 8's thresholds.
+our megatron model built for a shape, and the logits comparison with docs/testing.md's thresholds.
 
 Random weights are chosen so that layout mistakes show in the logits:
 - biases N(0, 0.5^2) and norm weights 1 + N(0, 0.2^2): zero biases and unit norms make a wrong bias layout or
@@ -20,7 +20,7 @@ from model.config import transformer_config
 from hf_interop.names import hf_config_for
 from model.shapes import ModelShape, YarnScaling
 
-# DESIGN.md section 8: fp32 parity is ~2e-7 of the largest logit; 1e-4 absolute alone hides an eps error.
+# docs/testing.md: fp32 parity is ~2e-7 of the largest logit; 1e-4 absolute alone hides an eps error.
 MAX_ABS_DIFF = 1e-4
 MAX_REL_DIFF = 1e-5
 

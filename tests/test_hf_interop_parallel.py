@@ -1,8 +1,8 @@
-"""HF interop across processes (issue 7, acceptance 2 at TP2/PP2, 3 and 4): the CLI, torchrun, a training run.
+"""HF interop across processes (TP2/PP2 logits, generation, training): the CLI, torchrun, a training run.
 
 - TP2 / PP2: one TP1/PP1 import (written by this process) is loaded by a 2-rank torchrun world into TP2 and PP2
   layouts built by train.trainer.Trainer, tied and untied; the logits (gathered over TP; on the last stage for
-  PP) must equal transformers' within DESIGN.md section 8's limits (<= 1e-4 abs, <= 1e-5 of the largest logit).
+  PP) must equal transformers' within docs/testing.md's limits (<= 1e-4 abs, <= 1e-5 of the largest logit).
 - Training from an import: `launch/convert.py import` (CLI) of a random transformers model, then 2 steps of
   `launch/pretrain.py` at TP2 on 2 ranks (distributed optimizer, as the real recipes use) with
   checkpoint.load=IMPORT. The first logged loss (computed before any update) must equal transformers' loss
@@ -12,7 +12,7 @@
 - Export of that training checkpoint (`launch/convert.py export --mcore RUN_DIR --tokenizer qwen2.5`) loads with
   AutoModelForCausalLM/AutoTokenizer.from_pretrained in a fresh process with HF_HUB_OFFLINE=1 and generates
   the same 8 greedy tokens as our megatron model (full forward per step, argmax of the last position), and
-  its logits over the generated sequence equal ours (DESIGN.md section 8's limits).
+  its logits over the generated sequence equal ours (docs/testing.md's limits).
 SFT from an import (acceptance 4's other half) is tests/test_sft_run.py.
 Measured: TP2/PP2 logits within 1.5e-6..3.1e-6 (6.1e-7..7.0e-7 relative); step-1 loss 12.3580289 vs
 transformers 12.3580284 (4e-8 relative). Cost on 2 cores: ~75 s (two torchrun worlds, three CLI processes,

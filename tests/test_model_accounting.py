@@ -1,4 +1,4 @@
-"""Parameter and FLOP accounting against independent references (issue 2, acceptance 1).
+"""Parameter and FLOP accounting against independent references.
 
 - Parameter counts: our megatron GPTModel and transformers' Qwen2ForCausalLM, both built on the meta device
   (no memory, ~1 s even for the 32B), must equal the exact released counts and model.accounting's formula.
@@ -24,7 +24,7 @@ from hf_interop.names import hf_config_for
 from model.shapes import RELEASED, get_shape
 from train.distributed import init_model_parallel
 
-# Exact counts (issue 2); the model cards round them ("0.49B" ... "32.5B").
+# Exact counts; the model cards round them ("0.49B" ... "32.5B").
 RELEASED_PARAMETER_COUNTS = {
     "0.5b": 494_032_768,
     "1.5b": 1_543_714_304,

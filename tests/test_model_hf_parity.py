@@ -1,7 +1,7 @@
-"""Logits parity with transformers' Qwen2ForCausalLM through hf_interop.names (issue 2, acceptance 2).
+"""Logits parity with transformers' Qwen2ForCausalLM through hf_interop.names.
 
 Every released shape shrunk to 2 layers (widths, heads, KV groups, head_dim and tying kept; vocab 1024/2048),
-random weights with random biases and norm weights, fp32 on the CPU. Limits (DESIGN.md section 8):
+random weights with random biases and norm weights, fp32 on the CPU. Limits (docs/testing.md):
 max|diff| <= 1e-4 absolute AND <= 1e-5 of the largest logit; measured here ~3e-6 / ~7e-7. The negative
 controls show that a wrong QKV layout (weights or only biases), swapped gate/up or a norm eps of 1e-5
 instead of 1e-6 (~2e-2 relative) all fail these limits by orders of magnitude.

@@ -1,4 +1,4 @@
-"""Forward and backward on the CPU through the training loop's code path (issue 2, acceptance 3).
+"""Forward and backward on the CPU through the training loop's code path.
 
 The path: megatron's DistributedDataParallel wrapper (gradients in `param.main_grad` buffers),
 get_forward_backward_func() (forward_backward_no_pipelining at PP=1) with 2 micro-batches, GPTModel's own
@@ -24,7 +24,7 @@ from tests.hf_reference import build_megatron, random_hf_model
 from train.distributed import init_model_parallel
 
 MICRO_BATCHES, MICRO_BATCH_SIZE, SEQ = 2, 2, 32
-GRAD_REL_LIMIT = 1e-5  # fp32; DESIGN.md section 2 saw <= 7e-7 between parallel layouts
+GRAD_REL_LIMIT = 1e-5  # fp32; docs/testing.md: <= 7e-7 measured between parallel layouts
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,15 +5,7 @@ which has no GPU. megatron-core's math is device-agnostic; only buffer allocatio
 CUDA. Each redirect below is the smallest one that makes the quoted megatron line work; all are installed
 together by `install_if_no_cuda()` and never when CUDA is available (a GPU run is untouched).
 
-| redirect                                  | first megatron-core 0.16.1 line that needs it                        |
-|-------------------------------------------|----------------------------------------------------------------------|
-| torch.cuda.current_device() -> "cpu"      | distributed/param_and_grad_buffer.py:806, rotary_pos_embedding.py:162 |
-| torch.cuda.synchronize() -> no-op         | pipeline_parallel/p2p_communication.py:398, filesystem_async.py:230   |
-| device="cuda" / int device args -> cpu    | pipeline_parallel/schedules.py:596, optimizer/optimizer.py:481        |
-| Tensor.cuda() -> the tensor itself        | models/common/language_module.py:244 (tied PP), rope_utils.py:64 (CP) |
-| Tensor.type() -> "torch.cuda.*Tensor"     | optimizer/clip_grads.py:167, optimizer/distrib_optimizer.py:431       |
-| pin_memory=True -> False                  | models/common/embeddings/rope_utils.py:62 (CP)                        |
-| CUDA RNG state -> CPU generator           | tensor_parallel/random.py (model_parallel_cuda_manual_seed)           |
+The redirects, with the first megatron-core 0.16.1 line that needs each, are listed in docs/cpu.md.
 """
 from __future__ import annotations
 
