@@ -5,7 +5,10 @@ comes from the shape; everything about parallelism, precision and recompute arri
 arguments built in one place (recipes.layout.megatron_runtime_kwargs) — this module never decides them.
 
 Fusions: TE and apex provide fused kernels; without them megatron falls back to torch for everything except
-`gradient_accumulation_fusion` and `persist_layer_norm`, which must stay off (DESIGN.md section 1).
+`gradient_accumulation_fusion` and `persist_layer_norm`. `gradient_accumulation_fusion` needs apex's
+`fused_weight_gradient_mlp_cuda` extension (in NGC PyTorch containers; not on PyPI): megatron's own
+ColumnParallelLinear, the output layer even in the TE spec, raises at construction without it
+(megatron-core 0.16.1 tensor_parallel/layers.py), so it is on only when that extension imports.
 RoPE base is a GPTModel argument in megatron-core 0.16.1 (default 10000!), so model.build passes it.
 """
 from __future__ import annotations
@@ -17,6 +20,15 @@ import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from model.shapes import ModelShape, YarnScaling
+
+
+def grad_accumulation_fusion_available() -> bool:
+    """Whether apex's fused wgrad-accumulation extension imports (megatron checks the same module)."""
+    try:
+        import fused_weight_gradient_mlp_cuda  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _apply_yarn(config: TransformerConfig, yarn: YarnScaling) -> None:
@@ -72,7 +84,7 @@ def transformer_config(
         bias_dropout_fusion=use_te,
         apply_rope_fusion=use_te,
         masked_softmax_fusion=False,  # SDPA or TE attention do their own masking
-        gradient_accumulation_fusion=use_te,
+        gradient_accumulation_fusion=use_te and grad_accumulation_fusion_available(),
         persist_layer_norm=False,
         cross_entropy_loss_fusion=use_te,
         use_cpu_initialization=not torch.cuda.is_available(),

@@ -38,6 +38,9 @@ FP8_RECIPE_MIN_CAPABILITY: dict[str, tuple[int, int]] = {
     "blockwise": (9, 0),
     "mxfp8": (10, 0),
 }
+# Minimum Transformer Engine (major, minor) of the newer scaling recipes: Float8CurrentScaling (tensorwise)
+# arrived in TE 2.2, Float8BlockScaling (blockwise) in 2.3, MXFP8BlockScaling in 2.1; delayed is in every 2.x.
+FP8_RECIPE_MIN_TE: dict[str, tuple[int, int]] = {"tensorwise": (2, 2), "blockwise": (2, 3), "mxfp8": (2, 1)}
 
 
 def get_gpu(name: str) -> GPU:

@@ -60,7 +60,9 @@ class ParallelConfig:
     distributed_optimizer: bool = True
     """Shard fp32 master weights and Adam moments over data-parallel ranks (ZeRO-1)."""
     overlap_grad_reduce: bool = False
+    """Reduce(-scatter) gradients bucket by bucket during the backward pass instead of after it."""
     overlap_param_gather: bool = False
+    """All-gather updated parameters bucket by bucket in the next forward (needs distributed_optimizer)."""
     batch_p2p_comm: bool = False
     """Batched pipeline send/recv. Must stay False when pp == 2 and vpp > 1 (wrong grads otherwise)."""
 
@@ -74,6 +76,9 @@ class PrecisionConfig:
     fp8_recipe: str = "delayed"
     """delayed, tensorwise, blockwise (H100/H200 with CUDA >= 12.9) or mxfp8 (Blackwell only)."""
     fp8_param: bool = False
+    """Keep the model's weights in FP8 (needs parallel.distributed_optimizer)."""
+    fp8_attention: bool = False
+    """FP8 also in core attention (TE fused attention); off: FP8 only on the linear layers' GEMMs."""
     fp8_amax_history_len: int = 1024
     fp8_amax_compute_algo: str = "max"
     grad_reduce_in_fp32: bool = True

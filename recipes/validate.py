@@ -34,6 +34,15 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
 - fp8-impl / fp8-dtype / fp8-gpu / fp8-param: FP8 runs only in Transformer Engine (named explicitly, so `auto`
   cannot silently fall back to the local spec without FP8), on bf16 models, with a recipe the GPU supports
   (recipes.gpus: delayed/tensorwise need sm89+, blockwise sm90+, mxfp8 sm100+); fp8_param needs fp8.
+- fp8-cp-sequence: FP8 with cp > 1: seq % lcm(16, 2 x tp x cp) == 0 (32 for mxfp8), the multiple Megatron-Bridge
+  pads FP8 context-parallel sequences to: every rank's 2 load-balanced chunks stay whole FP8 tiles. Implied by
+  fp8-sequence up to TP8; it binds for wider TP (3B at TP16 CP2: 64 where fp8-sequence asks 32).
+- fp8-te-version: the FP8 recipe exists in the installed Transformer Engine (recipes.gpus.FP8_RECIPE_MIN_TE:
+  tensorwise 2.2, blockwise 2.3, mxfp8 2.1); skipped where TE is not installed (a CPU machine planning a run).
+- distributed-optimizer: parallel.overlap_param_gather and precision.fp8_param need
+  parallel.distributed_optimizer: both gather parameters from the optimizer's shards; without it megatron
+  silently ignores overlap_param_gather (distributed_data_parallel.py:347), and Megatron-LM refuses FP8
+  parameter gathering.
 - recompute-layers: full (uniform) recompute checkpoints groups of recompute_num_layers layers; the group must
   divide the layers of each model chunk (transformer_block.py:532 would index past the chunk).
 - positions: seq_length <= max_position_embeddings x yarn_factor (32,768 trained positions; 131,072 with
@@ -53,11 +62,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.metadata
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 from model.shapes import TRANSFORMER_IMPLS, ModelShape
-from recipes.gpus import FP8_RECIPE_MIN_CAPABILITY, GPUS
+from recipes.gpus import FP8_RECIPE_MIN_CAPABILITY, FP8_RECIPE_MIN_TE, GPUS
 from recipes.schema import STAGES, Recipe
 from recipes.world import layout_of
 
@@ -235,6 +246,12 @@ def _check_sequence(recipe: Recipe, shape: ModelShape) -> list[Violation]:
                 out.append(Violation("fp8-sequence", f"FP8 ({prec.fp8_recipe}) needs the {what} sequence length "
                                      f"divisible by {align}; seq_length={seq} / {divisor} = {length:g}; use a "
                                      f"seq_length multiple of {align * divisor}"))
+    if prec.fp8 is not None and p.cp > 1:
+        multiple = math.lcm(32 if prec.fp8_recipe == "mxfp8" else 16, 2 * p.tp * p.cp)
+        if seq % multiple:
+            out.append(Violation("fp8-cp-sequence", f"FP8 with context parallelism needs seq_length divisible by "
+                                 f"lcm(16, 2 x tp x cp) = {multiple}; seq_length={seq}: use "
+                                 f"{max(multiple, seq // multiple * multiple)} or {(seq // multiple + 1) * multiple}"))
     yarn = recipe.model.yarn_factor
     limit = shape.max_position_embeddings * (yarn or 1)
     if seq > limit:
@@ -251,6 +268,11 @@ def _check_precision(recipe: Recipe) -> list[Violation]:
     if prec.fp8_param and prec.fp8 is None:
         out.append(Violation("fp8-param", "precision.fp8_param=true needs precision.fp8 (e4m3 or hybrid); set one "
                              "or precision.fp8_param=false"))
+    for name, on in (("parallel.overlap_param_gather", recipe.parallel.overlap_param_gather),
+                     ("precision.fp8_param", prec.fp8_param)):
+        if on and not recipe.parallel.distributed_optimizer:
+            out.append(Violation("distributed-optimizer", f"{name}=true needs parallel.distributed_optimizer=true "
+                                 f"(it gathers parameters from the optimizer's shards); set it or {name}=false"))
     gpu = GPUS.get(recipe.run.gpu.lower())
     if gpu is None:
         out.append(Violation("gpu", f"run.gpu={recipe.run.gpu!r} is not in recipes.gpus; use one of {sorted(GPUS)}"))
@@ -270,7 +292,24 @@ def _check_precision(recipe: Recipe) -> list[Violation]:
         out.append(Violation("fp8-gpu", f"precision.fp8_recipe={prec.fp8_recipe} needs compute capability "
                              f">= {need[0]}.{need[1]} but run.gpu={gpu.name} is {gpu.compute_capability[0]}."
                              f"{gpu.compute_capability[1]}; {fix}"))
+    te, need_te = installed_transformer_engine(), FP8_RECIPE_MIN_TE.get(prec.fp8_recipe)
+    if te is not None and need_te is not None and te < need_te:
+        ok = [name for name in FP8_RECIPE_MIN_CAPABILITY if te >= FP8_RECIPE_MIN_TE.get(name, (0, 0))]
+        out.append(Violation("fp8-te-version", f"precision.fp8_recipe={prec.fp8_recipe} needs Transformer Engine "
+                             f">= {need_te[0]}.{need_te[1]} but {te[0]}.{te[1]} is installed; upgrade "
+                             f"transformer-engine (or a newer NGC container) or use precision.fp8_recipe in {_fmt(ok)}"))
     return out
+
+
+def installed_transformer_engine() -> Optional[tuple[int, int]]:
+    """(major, minor) of the installed Transformer Engine from its package metadata (no import), or None."""
+    for name in ("transformer_engine", "transformer_engine_torch"):
+        try:
+            major, minor = importlib.metadata.version(name).split(".")[:2]
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            continue
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    return None
 
 
 def _check_schedule(recipe: Recipe) -> list[Violation]:

@@ -24,6 +24,7 @@ from typing import List, Optional
 import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.validation import StrictHandling
 from torch.distributed.checkpoint.api import CheckpointException
 
 LATEST = "latest"
@@ -34,6 +35,12 @@ _UNREADABLE = (Exception, CheckpointException)
 # its own shard, no communication, resumable at another DP size only. fully_reshardable: all-gathers each
 # buffer over DP at save time, resumable at any TP/PP/CP/DP. Non-distributed optimizers reshard either way.
 SHARDING_TYPES = {False: "dp_reshardable", True: "fully_reshardable"}
+# Transformer Engine modules keep FP8 scaling state in `_extra_state` entries. Weights written by the local spec
+# (the Hugging Face import, CPU runs) lack them for modules the local spec does not have, and megatron-core
+# 0.16.1's TEDotProductAttention leaves its own out of its sharded state dict (extensions/transformer_engine.py),
+# so even a TE checkpoint never holds it. Those entries keep their fresh values (FP8 scaling restarts); any
+# other absent or unexpected tensor is an error.
+EXTRA_STATE = "_extra_state"
 
 
 class CheckpointError(RuntimeError):
@@ -157,14 +164,25 @@ def load_weights(model_chunks, directory: Path) -> None:
     if not (directory / "metadata.json").exists():
         raise CheckpointError(f"{directory} is not a megatron distributed checkpoint (no metadata.json); "
                               "convert Hugging Face weights with launch/convert.py first")
-    loaded = dist_checkpointing.load(_model_state_dict(model_chunks), str(directory))
+    loaded, _, absent = dist_checkpointing.load(_model_state_dict(model_chunks), str(directory),
+                                                strict=StrictHandling.RETURN_UNEXPECTED)
+    absent_weights = sorted(key for key in absent if not key.endswith(EXTRA_STATE))
+    if absent_weights:
+        raise CheckpointError(f"{directory} lacks model tensors this model needs: {', '.join(absent_weights[:6])}"
+                              f"{' ...' if len(absent_weights) > 6 else ''}; it holds another model (shape, "
+                              "tying or layers differ): pass the recipe it was written with")
     _apply_model_state(model_chunks, loaded)
 
 
 def _apply_model_state(model_chunks, loaded: dict) -> None:
+    """Copy loaded tensors into the chunks; only `_extra_state` entries may be absent (see EXTRA_STATE)."""
     keys = ["model"] if len(model_chunks) == 1 else [f"model{i}" for i in range(len(model_chunks))]
     for chunk, key in zip(model_chunks, keys):
-        chunk.module.load_state_dict(loaded[key], strict=True)
+        result = chunk.module.load_state_dict(loaded[key], strict=False)
+        wrong = result.unexpected_keys + [k for k in result.missing_keys if not k.endswith(EXTRA_STATE)]
+        if wrong:
+            raise CheckpointError(f"model state does not match this model: {', '.join(wrong[:6])}"
+                                  f"{' ...' if len(wrong) > 6 else ''}")
 
 
 class CheckpointManager:
@@ -182,6 +200,7 @@ class CheckpointManager:
 
     # ---- save -----------------------------------------------------------------------------------
     def save(self, trainer, state: TrainingState, recipe_dict: dict) -> Path:
+        trainer.sync_params()  # overlap_param_gather: other shards' updated weights are not gathered yet
         name = f"step_{state.step:08d}"
         final, staging = self.root / name, self.root / f"{name}.tmp"
         if torch.distributed.get_rank() == 0:

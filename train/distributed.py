@@ -14,7 +14,11 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import random as megatron_random
 
+from recipes.gpus import GPUS
+from recipes.schema import Recipe
 from train import cpu_shims
+
+PIPELINE_SEED_STRIDE = 100
 
 
 def init_process_group(timeout_minutes: float = 30.0, backend: Optional[str] = None) -> None:
@@ -49,5 +53,30 @@ def init_model_parallel(tp: int = 1, pp: int = 1, vpp: int = 1, cp: int = 1, see
         virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
         context_parallel_size=cp,
     )
+    # Each pipeline stage its own stream (Megatron-LM offsets the seed by 100 x pp_rank): with one seed, layer
+    # k of every stage would start from the same weights. TP, CP and DP peers of a stage share the seed (TP
+    # shards are cut from one master weight; DP and CP replicas must agree).
+    seed += PIPELINE_SEED_STRIDE * parallel_state.get_pipeline_model_parallel_rank()
     torch.manual_seed(seed)
     megatron_random.model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
+
+
+def launch_environment(recipe: Recipe) -> dict[str, str]:
+    """Environment variables a GPU run of `recipe` needs set before CUDA initialises.
+
+    CUDA_DEVICE_MAX_CONNECTIONS=1 with TP or CP > 1 before Blackwell (compute capability < 10): one hardware
+    queue makes kernels start in launch order, which megatron's overlap of TP/SP/CP communication with GEMMs
+    relies on (Megatron-LM refuses to start without it). `run.gpu` says the card, so no CUDA call is needed.
+    """
+    gpu = GPUS.get(recipe.run.gpu.lower())
+    pre_blackwell = gpu is None or gpu.compute_capability < (10, 0)
+    if (recipe.parallel.tp > 1 or recipe.parallel.cp > 1) and pre_blackwell:
+        return {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+    return {}
+
+
+def set_launch_environment(recipe: Recipe) -> None:
+    """Apply launch_environment to this process; must run before anything initialises CUDA."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        raise RuntimeError("set_launch_environment must run before CUDA initialises (call it first in the launcher)")
+    os.environ.update(launch_environment(recipe))

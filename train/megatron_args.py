@@ -32,6 +32,10 @@ def transformer_runtime_kwargs(recipe: Recipe) -> dict:
         batch_p2p_comm=parallel.batch_p2p_comm,
         params_dtype=params_dtype(recipe),
     )
+    if parallel.cp > 1:
+        # Ring exchange of K/V chunks. Named, not left to the default: TE's "a2a" needs the KV heads per TP
+        # rank divisible by CP, and Qwen2.5-Coder has 2 (0.5B-3B), 4 (7B) or 8 (14B, 32B) KV heads.
+        kwargs.update(cp_comm_type="p2p")
     if train.recompute == "selective":
         kwargs.update(recompute_granularity="selective", recompute_modules=["core_attn"])
     elif train.recompute == "full":
@@ -44,6 +48,9 @@ def transformer_runtime_kwargs(recipe: Recipe) -> dict:
             fp8_param=precision.fp8_param,
             fp8_amax_history_len=precision.fp8_amax_history_len,
             fp8_amax_compute_algo=precision.fp8_amax_compute_algo,
+            # FP8 on the GEMMs only unless asked: FP8 attention with CP exists only in TE's sm90+ fused
+            # attention, and its softmax in e4m3 is a numerics change of its own.
+            fp8_dot_product_attention=precision.fp8_attention,
         )
     return kwargs
 
@@ -64,6 +71,9 @@ def ddp_config(recipe: Recipe) -> DistributedDataParallelConfig:
         overlap_grad_reduce=parallel.overlap_grad_reduce,
         overlap_param_gather=parallel.overlap_param_gather,
         use_distributed_optimizer=parallel.distributed_optimizer,
+        # Per-token loss (the trainer's calculate_per_token_loss): gradients are summed over DP x CP and
+        # divided once by the global token count; averaging in the collective would divide by DP x CP too.
+        average_in_collective=False,
         check_for_nan_in_grad=False,  # the loop checks loss and grad norm itself, with a clearer message
     )
 

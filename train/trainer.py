@@ -53,9 +53,18 @@ def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss_sum, tokens, {"lm loss": report}
 
 
+def to_model_device(batch: dict, model) -> dict:
+    """The micro-batch on the model chunk's device. Loaders yield (pinned) CPU tensors and neither megatron's
+    schedules nor get_batch_on_this_cp_rank move them (Megatron-LM's own get_batch does .cuda()); a GPU
+    model would fail at the embedding lookup. non_blocking: pinned host memory copies asynchronously."""
+    device = next(model.parameters()).device
+    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+            for key, value in batch.items()}
+
+
 def forward_step(data_iterator: Iterator[dict], model):
     """Fetch one micro-batch, keep this context-parallel rank's share of it, run the model chunk."""
-    batch = get_batch_on_this_cp_rank(dict(next(data_iterator)))
+    batch = get_batch_on_this_cp_rank(to_model_device(dict(next(data_iterator)), model))
     per_token_loss = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     return per_token_loss, partial(_loss_func, batch["loss_mask"])
 
@@ -163,6 +172,15 @@ class Trainer:
             raise TrainingDiverged(f"step {step}: gradient norm is {grad_norm}; stopping (see loss above).")
         self.scheduler.step(increment=1)
         return StepResult(loss=loss, tokens=0, grad_norm=grad_norm, lr=self.optimizer.param_groups[0]["lr"])
+
+    def sync_params(self) -> None:
+        """Complete the all-gather of updated parameters now. With overlap_param_gather it is deferred to the
+        next forward's pre-hooks, so after a step each rank holds current values only in its own optimizer
+        shard; a checkpoint written then would store stale weights for every other shard. The forced
+        gather marks the buckets dispatched, so the next forward does not gather again."""
+        if self.recipe.parallel.overlap_param_gather and self.recipe.parallel.distributed_optimizer:
+            for chunk in self.model:
+                chunk.start_param_sync(force_sync=True)
 
     def train_step(self, step: int, data_iterators: List[Iterator[dict]]) -> StepResult:
         for chunk in self.model:
