@@ -34,6 +34,17 @@ RELEASED_PARAMETER_COUNTS = {
     "32b": 32_763_876_352,
 }
 
+# rms_norm_eps and rope_theta exactly as the released Qwen/Qwen2.5-Coder-{0.5B..32B}/config.json files state them
+# (the 14B/32B base models use 1e-5; their instruct variants 1e-6).
+RELEASED_EPS_AND_ROPE_THETA = {
+    "0.5b": (1e-6, 1_000_000.0),
+    "1.5b": (1e-6, 1_000_000.0),
+    "3b": (1e-6, 1_000_000.0),
+    "7b": (1e-6, 1_000_000.0),
+    "14b": (1e-5, 1_000_000.0),
+    "32b": (1e-5, 1_000_000.0),
+}
+
 
 @pytest.fixture(scope="module", autouse=True)
 def megatron_world():
@@ -65,6 +76,20 @@ def test_parameter_count_matches_megatron_transformers_and_formula(name):
     assert hf_count_on_meta(shape) == expected
     assert megatron_count_on_meta(shape) == expected
     assert parameter_count(shape) == expected
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_eps_and_rope_theta_are_the_released_values(name):
+    """The table's eps and RoPE base reach megatron: the TransformerConfig's eps and GPTModel's rotary base."""
+    eps, theta = RELEASED_EPS_AND_ROPE_THETA[name]
+    shape = get_shape(name)
+    assert (shape.rms_norm_eps, shape.rope_theta) == (eps, theta)
+    small = shape.shrink(num_layers=1, vocab_size=512)
+    config = transformer_config(small, use_te=False, use_cpu_initialization=True, perform_initialization=False)
+    assert config.layernorm_epsilon == eps
+    with torch.device("meta"):
+        model = build_gpt_model(small, config, max_sequence_length=128)
+    assert model.rotary_base == theta  # megatron's own default is 10000
 
 
 def test_tied_embedding_counted_once():
