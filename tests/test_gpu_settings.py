@@ -247,3 +247,35 @@ def test_pipeline_stages_draw_from_their_own_seeds(world):
 def test_checkpoint_with_overlap_param_gather_holds_updated_weights(world):
     assert world["overlap=True/moved_from_init"] > 1e-4  # the step changed the weights
     assert world["overlap/saved_vs_plain_max_abs_diff"] == 0.0, world
+
+
+# ---- bench/gpu_acceptance.py on a machine without a GPU -------------------------------------------------------
+def _readme_line(prefix: str) -> str:
+    lines = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, f"README should print `{prefix}` once: {lines}"
+    return lines[0]
+
+
+def test_gpu_acceptance_plan_fits_eight_minutes():
+    """README's `--plan` line, run as printed: every check with its budget, installs included, <= 480 s."""
+    done = subprocess.run(["bash", "-c", _readme_line("python bench/gpu_acceptance.py --plan")], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    budgets = {row[0]: int(row[1].rstrip("s")) for row in rows}
+    assert {"install", "te-numerics", "hf-te", "train-fp8", "throughput", "dali"} <= set(budgets)
+    assert sum(v for k, v in budgets.items() if k != "total") == budgets["total"] <= 480
+
+
+def test_gpu_acceptance_without_cuda_exits_3_quickly():
+    import shutil
+    import time
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "bench/gpu_acceptance.py"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert len(done.stdout.strip().splitlines()) == 1 and "no CUDA device" in done.stdout
+    assert time.perf_counter() - started < 10
