@@ -32,6 +32,7 @@ KIND = "PyTorchJob"
 CONTAINER = "pytorch"  # the webhook (and the operator's env injection) look for this exact container name
 RUN_ROOT = "/runs"  # default mount point of the persistent run volume; run.dir = <mount>/<job name>
 REPLICA_TYPES = ("Master", "Worker")
+IMAGE_GID = 1000  # the Dockerfile's non-root user and group: fsGroup makes the run volume writable for it
 RESTART_POLICIES = ("Always", "OnFailure", "Never", "ExitCode")
 NAME_PREFIX = "qwen-"  # shipped run names start with a digit (7b-repo); DNS-1035 labels must start with a letter
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -254,6 +255,7 @@ def build_manifest(overrides: Sequence[str], opts: JobOptions) -> dict:
     def replica(count: int) -> dict:
         return {"replicas": count, "restartPolicy": opts.restart_policy,
                 "template": {"spec": {"containers": [copy.deepcopy(container)], "volumes": copy.deepcopy(volumes),
+                                      "securityContext": {"fsGroup": IMAGE_GID},
                                       **({"hostIPC": True} if opts.host_ipc else {})}}}
 
     specs = {"Master": replica(1)}

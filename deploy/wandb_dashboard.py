@@ -1,0 +1,84 @@
+"""The W&B workspace a user watches, as code: one table of sections and panels over the keys the run writes.
+
+Keys come from train.metrics (loss, lr, grad_norm, tokens_per_s, tflops_per_gpu, mfu, step_time_s, memory_gib,
+val_loss and val_loss/<source> for each data source; DPO's rewards) and evaluation.run_log (eval/<task>/<metric>), all logged
+at the optimizer step. Runs are grouped as train.metrics groups them: by recipe and stage (W&B "Group", e.g.
+7b-repo), each run named after its job (run.name; launch/k8s.py sets it to the PyTorchJob's name), so the
+runs of one recipe's restarts and variants sit together.
+Per-source validation losses and evaluation scores are matched by regular expression: the sources and tasks
+differ per run, and a new one appears without editing this file.
+Saving needs the W&B API (network and WANDB_API_KEY); building the spec does not, so it is checked offline.
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Optional, Sequence
+
+import wandb_workspaces.reports.v2 as wr
+import wandb_workspaces.workspaces as ws
+
+
+class Panel(NamedTuple):
+    title: str
+    keys: Sequence[str] = ()
+    regex: Optional[str] = None  # a metric_regex instead of fixed keys
+    log_y: bool = False
+
+
+SECTIONS = {
+    "Training": (
+        Panel("loss", ["loss", "val_loss"]),
+        Panel("validation loss per source", regex=r"^val_loss/.*"),
+        Panel("learning rate", ["lr"]),
+        Panel("grad norm", ["grad_norm"], log_y=True),
+    ),
+    "Throughput": (
+        Panel("tokens/s", ["tokens_per_s"]),
+        Panel("TFLOP/s per GPU", ["tflops_per_gpu"]),
+        Panel("MFU", ["mfu"]),
+        Panel("step time (s)", ["step_time_s"]),
+    ),
+    "Memory": (Panel("peak memory per rank (GiB)", ["memory_gib"]),),
+    "Evaluation": (Panel("evaluation scores", regex=r"^eval/.*"),),
+    "Preference (DPO)": (  # train.dpo.METRICS, logged beside the loss by stage=dpo runs
+        Panel("DPO rewards", ["rewards_chosen", "rewards_rejected", "reward_margin"]),
+        Panel("DPO reward accuracy", ["reward_accuracy"]),
+    ),
+}
+GROUP_BY = "Group"  # the W&B run group: <size>-<stage>
+
+
+def _line_plot(panel: Panel) -> wr.LinePlot:
+    if panel.regex:
+        return wr.LinePlot(title=panel.title, metric_regex=panel.regex, log_y=panel.log_y or None)
+    return wr.LinePlot(title=panel.title, y=list(panel.keys), log_y=panel.log_y or None)
+
+
+def build_workspace(entity: str, project: str, name: str = "Qwen2.5-Coder training") -> ws.Workspace:
+    """The workspace (not saved): sections open in SECTIONS' order, runs grouped by recipe and stage."""
+    sections = [ws.Section(name=section, panels=[_line_plot(p) for p in panels], is_open=True)
+                for section, panels in SECTIONS.items()]
+    return ws.Workspace(entity=entity, project=project, name=name, sections=sections,
+                        runset_settings=ws.RunsetSettings(groupby=[ws.Metric(GROUP_BY)]))
+
+
+def shown(key: str) -> bool:
+    """Whether some panel plots metric `key`."""
+    return any(key in p.keys or (p.regex and re.match(p.regex, key)) for ps in SECTIONS.values() for p in ps)
+
+
+def describe(workspace: ws.Workspace) -> str:
+    """What the workspace shows, one line per panel, read back from the built objects."""
+    lines = [f"workspace {workspace.name!r} in {workspace.entity}/{workspace.project}, runs grouped by "
+             f"{', '.join(g.name for g in workspace.runset_settings.groupby)}"]
+    for section in workspace.sections:
+        lines.append(f"[{section.name}]")
+        for plot in section.panels:
+            metrics = plot.metric_regex and f"/{plot.metric_regex}/" or ", ".join(plot.y)
+            lines.append(f"  {plot.title}: {metrics}{' (log y)' if plot.log_y else ''}")
+    return "\n".join(lines)
+
+
+def spec_json(workspace: ws.Workspace) -> str:
+    """The view spec that Workspace.save() would send, built offline."""
+    return workspace._to_model().model_dump_json(indent=1)  # the library's own serialisation (0.4.x)
