@@ -22,6 +22,11 @@ import torch
 from data.config import DataConfig
 
 FIELDS = ("tokens", "labels", "loss_mask", "position_ids")
+# Per-sample fields, shape [b] once batched: megatron's BlendedDataset tags each sample with its source index.
+# DPO pairs (data.preference) carry their index and the reference log-probs ([b, 2]).
+PER_SAMPLE_FIELDS = ("dataset_id", "pair", "ref_logps")
+DTYPES = {"tokens": np.int64, "labels": np.int64, "loss_mask": np.float32, "position_ids": np.int64,
+          "dataset_id": np.int64, "pair": np.int64, "ref_logps": np.float64}  # megatron's dataset_id: np.int16
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
@@ -65,14 +70,15 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
 def collate(items: List[Dict]) -> Dict[str, torch.Tensor]:
     """Stack the training fields (megatron's dataset_id, when present, too)."""
-    keys = [k for k in (*FIELDS, "dataset_id") if k in items[0]]
+    keys = [k for k in (*FIELDS, *PER_SAMPLE_FIELDS) if k in items[0]]
     return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in keys}
 
 
 def build_loader(dataset, micro_batch_size: int, global_batch_size: int, dp_rank: int, dp_size: int,
                  consumed_samples: int = 0, config: Optional[DataConfig] = None,
                  device_id: Optional[int] = None):
-    """An iterable of micro-batch dicts (tokens, labels, loss_mask, position_ids: [micro_batch, seq])."""
+    """An iterable of micro-batch dicts (tokens, labels, loss_mask, position_ids: [micro_batch, seq]; dataset_id:
+    [micro_batch] when the dataset is a blend)."""
     config = config if config is not None else DataConfig()
     sampler = GlobalBatchSampler(len(dataset), consumed_samples, micro_batch_size, global_batch_size,
                                  dp_rank, dp_size)
@@ -94,15 +100,17 @@ def build_loader(dataset, micro_batch_size: int, global_batch_size: int, dp_rank
 class _BatchSource:
     """DALI external source: micro-batch number -> numpy arrays. Picklable for DALI's parallel workers."""
 
-    def __init__(self, dataset, sampler: GlobalBatchSampler) -> None:
+    def __init__(self, dataset, sampler: GlobalBatchSampler, fields: tuple) -> None:
         self.dataset = dataset
         self.sampler = sampler
+        self.fields = fields
 
     def __call__(self, batch_info):
         if batch_info.iteration >= len(self.sampler):
             raise StopIteration
         items = [self.dataset[i] for i in self.sampler.batch(batch_info.iteration)]
-        return tuple(np.stack([np.asarray(item[k]) for item in items]) for k in FIELDS)
+        return tuple(np.stack([np.asarray(item[k]) for item in items]).astype(DTYPES[k], copy=False)
+                     for k in self.fields)
 
 
 class DaliLoader:
@@ -124,20 +132,23 @@ class DaliLoader:
             raise ValueError("no micro-batch to serve: the dataset is smaller than one global batch")
         micro = sampler.micro
         parallel = num_workers > 0
+        first = dataset[sampler.batch(0)[0]]
+        fields = tuple(k for k in (*FIELDS, *PER_SAMPLE_FIELDS) if k in first)
+        dtypes = [{np.float32: types.FLOAT, np.float64: types.FLOAT64}.get(DTYPES[k], types.INT64) for k in fields]
 
         @pipeline_def(batch_size=micro, num_threads=max(1, num_workers), device_id=device_id,
                       prefetch_queue_depth=prefetch, py_num_workers=max(1, num_workers),
                       py_start_method="spawn")
         def pipeline():
             outputs = fn.external_source(
-                source=_BatchSource(dataset, sampler), num_outputs=len(FIELDS), batch=True, batch_info=True,
-                parallel=parallel, dtype=[types.INT64, types.INT64, types.FLOAT, types.INT64],
+                source=_BatchSource(dataset, sampler, fields), num_outputs=len(fields), batch=True,
+                batch_info=True, parallel=parallel, dtype=dtypes,
             )
             return tuple(o.gpu() for o in outputs) if device_id is not None else tuple(outputs)
 
         self._pipe = pipeline()
         self._pipe.build()
-        self._iterator = DALIGenericIterator(self._pipe, list(FIELDS), last_batch_policy=LastBatchPolicy.PARTIAL)
+        self._iterator = DALIGenericIterator(self._pipe, list(fields), last_batch_policy=LastBatchPolicy.PARTIAL)
 
     def __len__(self) -> int:
         return self._length

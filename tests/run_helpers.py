@@ -63,8 +63,9 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     raise TimeoutError(f"gave up waiting for {what} after {timeout} s")
 
 
-def train_losses(run_dir: Path) -> dict[int, float]:
-    """Training loss by step from metrics.jsonl; a step re-run after a resume keeps its last record."""
+def train_losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
+    """`key` (training loss by default) by step from metrics.jsonl; a step re-run after a resume keeps its
+    last record."""
     losses = {}
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -73,6 +74,41 @@ def train_losses(run_dir: Path) -> dict[int, float]:
         if not line.strip():
             continue
         record = json.loads(line)
-        if "loss" in record:
-            losses[record["step"]] = record["loss"]
+        if key in record:
+            losses[record["step"]] = record[key]
     return losses
+
+
+def wandb_history(run_dir: Path) -> list[dict[str, str]]:
+    """The history records (key -> JSON value) of the run's one offline W&B run, read from its .wandb file."""
+    from wandb.proto import wandb_internal_pb2
+
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1, offline_runs
+    history = []
+    for data in _wandb_records(next(offline_runs[0].glob("*.wandb")).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            history.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
+    return history
+
+
+def _wandb_records(blob: bytes):
+    """Records of a .wandb file: a 7-byte ':W&B' header, then LevelDB-log framing in 32 KiB blocks
+    (crc32c:4, length:2 little-endian, type:1 = full/first/middle/last) around protobuf Records."""
+    assert blob[:4] == b":W&B", "not a W&B datastore file"
+    block, position, pending = 32768, 7, b""
+    while position + 7 <= len(blob):
+        if block - position % block < 7:  # block trailer too short for a header: zero padding
+            position += block - position % block
+            continue
+        length = int.from_bytes(blob[position + 4:position + 6], "little")
+        kind = blob[position + 6]
+        payload = blob[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind == 0:
+            continue
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            yield pending

@@ -1,6 +1,7 @@
 """Loaders: each DP rank gets its slice of every global batch, the union over ranks is the global batch for
 any DP size, resuming at a consumed-sample count continues the uninterrupted sequence; torch DataLoader
 (0 and 2 workers) and the DALI pipeline on CPU (device_id=None) give identical micro-batches."""
+import numpy as np
 import pytest
 import torch
 
@@ -65,8 +66,7 @@ def test_torch_loader(workers):
 
 
 @pytest.mark.dali
-def test_dali_pipeline_on_cpu_matches_torch():
-    pytest.importorskip("nvidia.dali")
+def test_dali_pipeline_on_cpu_matches_torch(dali):
     dataset = Indexed(64)
     torch_batches = batches_of(build_loader(dataset, 2, 8, 0, 2, 8, DataConfig(num_workers=0)))
     dali = build_loader(dataset, 2, 8, 0, 2, 8, DataConfig(loader="dali", num_workers=0), device_id=None)
@@ -78,11 +78,30 @@ def test_dali_pipeline_on_cpu_matches_torch():
 
 
 @pytest.mark.dali
-def test_dali_parallel_workers_on_cpu():
+def test_dali_parallel_workers_on_cpu(dali):
     """num_workers > 0: DALI's parallel external source (spawned Python workers) gives the same batches."""
-    pytest.importorskip("nvidia.dali")
     dataset = Indexed(64)
     expected = batches_of(build_loader(dataset, 2, 8, 1, 2, 0, DataConfig(num_workers=0)))
     got = batches_of(build_loader(dataset, 2, 8, 1, 2, 0, DataConfig(loader="dali", num_workers=2), device_id=None))
     assert len(got) == len(expected) == 16
     assert all(torch.equal(a[k], b[k]) for a, b in zip(got, expected) for k in FIELDS)
+
+
+class Blended(Indexed):
+    """Like megatron's BlendedDataset: each item also carries its source's index as an np.int16 scalar."""
+
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "dataset_id": np.int16(i % 3)}
+
+
+@pytest.mark.parametrize("loader", ["torch", pytest.param("dali", marks=pytest.mark.dali)])
+def test_per_sample_dataset_id_is_batched_per_sample(request, loader):
+    """dataset_id comes out as [micro_batch] (one per sample, no sequence dim) from both loaders."""
+    if loader == "dali":
+        request.getfixturevalue("dali")
+    batches = batches_of(build_loader(Blended(64), 2, 8, 1, 2, 8, DataConfig(loader=loader, num_workers=0),
+                                      device_id=None))
+    assert len(batches) == 14
+    assert all(batch["dataset_id"].shape == (2,) for batch in batches)
+    assert [batch["dataset_id"].tolist() for batch in batches[:2]] == [[12 % 3, 13 % 3], [14 % 3, 15 % 3]]
+    assert batches[0]["tokens"][:, 0].tolist() == [1200, 1300]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.run_helpers import FAST, prepare_code_dataset, run_pretrain, train_losses
+from tests.run_helpers import FAST, prepare_code_dataset, run_pretrain, train_losses, wandb_history
 
 STEPS = 30
 
@@ -43,38 +43,8 @@ def test_metrics_jsonl_wandb_and_plots_agree(finished_run):
     assert [r["step"] for r in records if "val_loss" in r] == [10, 20, 30]
     assert (run_dir / "loss.png").stat().st_size > 1000 and (run_dir / "throughput.png").stat().st_size > 1000
 
-    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 1
-    from wandb.proto import wandb_internal_pb2
-
-    logged_steps, logged_keys = set(), set()
-    for data in _wandb_records(next(offline_runs[0].glob("*.wandb")).read_bytes()):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "history":
-            items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
-            logged_keys |= set(items)
-            if "loss" in items:
-                logged_steps.add(int(json.loads(items["_step"])))
+    history = wandb_history(run_dir)
+    logged_keys = {key for items in history for key in items}
+    logged_steps = {int(json.loads(items["_step"])) for items in history if "loss" in items}
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "memory_gib"} <= logged_keys
     assert logged_steps == {r["step"] for r in train}
-
-
-def _wandb_records(blob: bytes):
-    """Records of a .wandb file: a 7-byte ':W&B' header, then LevelDB-log framing in 32 KiB blocks
-    (crc32c:4, length:2 little-endian, type:1 = full/first/middle/last) around protobuf Records."""
-    assert blob[:4] == b":W&B", "not a W&B datastore file"
-    block, position, pending = 32768, 7, b""
-    while position + 7 <= len(blob):
-        if block - position % block < 7:  # block trailer too short for a header: zero padding
-            position += block - position % block
-            continue
-        length = int.from_bytes(blob[position + 4:position + 6], "little")
-        kind = blob[position + 6]
-        payload = blob[position + 7:position + 7 + length]
-        position += 7 + length
-        if kind == 0:
-            continue
-        pending = payload if kind in (1, 2) else pending + payload
-        if kind in (1, 4):
-            yield pending

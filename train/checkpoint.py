@@ -11,6 +11,13 @@ new `latest`, each naming a complete directory. Resharding: model tensors and th
 megatron ShardedTensors in model space ("fully_sharded_model_space" for the distributed optimizer), so a
 checkpoint written at TP2 loads at TP1 or PP2. RNG states are per rank and restored only when the layout is
 unchanged (dropout is 0 in Qwen2, so they only matter for bit-exact resume).
+
+Data order: megatron's sample order is a function of the number of samples asked for (train_iters x global
+batch: it sets the epochs its shuffle spans and the blend index), the seeds, the sources with their weights,
+the split, the sequence length and FIM. A checkpoint records these (`data_order`); a resume whose recipe
+changes any of them would silently repeat some samples and skip others, so it stops with the differences
+unless checkpoint.allow_data_order_change=true. The layout (TP/PP/CP/DP) is not part of it: the loaders
+serve the same global batches at any DP size.
 """
 from __future__ import annotations
 
@@ -45,6 +52,47 @@ EXTRA_STATE = "_extra_state"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: names the path and what to do."""
+
+
+class DataOrderChanged(CheckpointError):
+    """The recipe would feed different samples than the checkpointed run; older checkpoints would too."""
+
+
+def data_order(recipe) -> dict:
+    """What fixes the sequence of training samples (see the module docstring); JSON-friendly."""
+    data, train = recipe.data, recipe.train
+    return {
+        "stage": recipe.stage.name,
+        "train_samples (train_iters x global_batch_size)": train.train_iters * train.global_batch_size,
+        "global_batch_size": train.global_batch_size,
+        "seq_length": train.seq_length,
+        "seed": data.seed if data.seed is not None else train.seed,
+        "sources": [[s.name, s.prefix, s.weight] for s in data.sources],
+        "split": data.split,
+        "mode": data.mode,
+        "fim": [data.fim_rate, data.fim_spm_rate],
+    }
+
+
+def check_data_order(directory: Path, saved: Optional[dict], recipe) -> None:
+    """Refuse (or, when allowed, warn about) a resume whose recipe changes the data order."""
+    if saved is None:
+        warnings.warn(f"{directory} records no data order (an older checkpoint); cannot check that this "
+                      "resume sees the same samples", stacklevel=2)
+        return
+    current = data_order(recipe)
+    changes = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in current.items() if saved.get(key) != value]
+    if not changes:
+        return
+    summary = f"{directory} was trained on another data order:\n  " + "\n  ".join(changes)
+    if recipe.checkpoint.allow_data_order_change:
+        warnings.warn(summary + "\nresuming anyway (checkpoint.allow_data_order_change=true)", stacklevel=2)
+        return
+    raise DataOrderChanged(
+        summary + "\nResuming would repeat some samples and skip others. Restore those values, or set "
+        "checkpoint.allow_data_order_change=true to accept it, or start a new run dir from its weights only "
+        f"(checkpoint.load={directory})."
+    )
 
 
 @dataclass
@@ -158,12 +206,40 @@ def save_weights(model_chunks, directory: Path) -> None:
     dist_checkpointing.save(_model_state_dict(model_chunks), str(directory))
 
 
+def latest_checkpoint(checkpoints_dir: Path) -> Optional[Path]:
+    """The checkpoint the `latest` pointer of a checkpoints/ directory names; None when it has none yet."""
+    pointer = Path(checkpoints_dir) / LATEST
+    return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def resolve_checkpoint(path) -> Path:
+    """The checkpoint directory `path` means: itself when it holds metadata.json (a checkpoints/step_* directory
+    or a launch/convert.py import), else the newest complete checkpoint of a checkpoints/ directory or of a run
+    directory, through `latest`. The error says what was looked for."""
+    path = Path(path)
+    if (path / "metadata.json").is_file():
+        return path
+    for where in (path, path / "checkpoints"):
+        step = latest_checkpoint(where)
+        if step is not None:
+            if not (step / "metadata.json").is_file():
+                raise CheckpointError(f"{where / LATEST} names {step}, which is not a complete checkpoint "
+                                      "(no metadata.json); point at an existing checkpoints/step_* directory")
+            return step
+    looked_for = (f"{path / 'metadata.json'} (a checkpoints/step_* directory or a launch/convert.py import), "
+                  f"{path / LATEST} (a checkpoints/ directory), {path / 'checkpoints' / LATEST} (a run directory)")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; a checkpoint is one of: {looked_for}")
+    hint = ("; it holds a Hugging Face config.json: convert it with `launch/convert.py import` first"
+            if (path / "config.json").is_file() else
+            "; a run directory has none until its first save, and Hugging Face weights need "
+            "`launch/convert.py import` first")
+    raise CheckpointError(f"{path} is not a megatron checkpoint: found none of {looked_for}{hint}")
+
+
 def load_weights(model_chunks, directory: Path) -> None:
-    """Load model weights (no optimizer/step) from a full or weights-only checkpoint into this layout."""
-    directory = Path(directory)
-    if not (directory / "metadata.json").exists():
-        raise CheckpointError(f"{directory} is not a megatron distributed checkpoint (no metadata.json); "
-                              "convert Hugging Face weights with launch/convert.py first")
+    """Load model weights (no optimizer/step) into this layout from what resolve_checkpoint accepts."""
+    directory = resolve_checkpoint(directory)
     loaded, _, absent = dist_checkpointing.load(_model_state_dict(model_chunks), str(directory),
                                                 strict=StrictHandling.RETURN_UNEXPECTED)
     absent_weights = sorted(key for key in absent if not key.endswith(EXTRA_STATE))
@@ -192,6 +268,7 @@ class CheckpointManager:
         self.root = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
         self.metadata = {"distrib_optim_sharding_type": SHARDING_TYPES[reshardable_optimizer]}
+        self.resumed_from: Optional[Path] = None
         if torch.distributed.get_rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob("*.tmp"):
@@ -214,6 +291,7 @@ class CheckpointManager:
             rng_state=_rng_object(),
             scheduler=trainer.scheduler.state_dict(),
             training=dict(step=state.step, consumed_samples=state.consumed_samples),
+            data_order=data_order(trainer.recipe),
             recipe=recipe_dict,
         )
         dist_checkpointing.save(sharded, str(staging), content_metadata=self.metadata)
@@ -238,10 +316,9 @@ class CheckpointManager:
     # ---- resume ---------------------------------------------------------------------------------
     def candidates(self) -> List[Path]:
         """Complete checkpoints, newest first, starting at the one `latest` names."""
-        pointer = self.root / LATEST
-        if not pointer.exists():
+        newest = latest_checkpoint(self.root)
+        if newest is None:
             return []
-        newest = self.root / pointer.read_text().strip()
         older = sorted((p for p in self.root.glob("step_*") if not p.name.endswith(".tmp") and p < newest),
                        reverse=True)
         return [newest, *older]
@@ -251,7 +328,11 @@ class CheckpointManager:
         failures = []
         for directory in self.candidates():
             try:
-                return self._load(trainer, directory)
+                state = self._load(trainer, directory)
+                self.resumed_from = directory
+                return state
+            except DataOrderChanged:
+                raise
             except _UNREADABLE as error:  # each failure is warned about now and listed if none loads
                 failures.append(f"{directory}: {type(error).__name__}: {error}")
                 warnings.warn(f"checkpoint {directory} is unreadable ({type(error).__name__}: {error}); "
@@ -267,6 +348,7 @@ class CheckpointManager:
         if not (directory / "metadata.json").exists():
             raise CheckpointError(f"{directory / 'metadata.json'} is missing (incomplete checkpoint)")
         common = dist_checkpointing.load_common_state_dict(str(directory))
+        check_data_order(directory, common.get("data_order"), trainer.recipe)
         saved_layout = tuple(common["layout"])
         metadata = dist_checkpointing.load_content_metadata(str(directory))
         distributed = trainer.recipe.parallel.distributed_optimizer

@@ -81,23 +81,27 @@ class MetricsLogger:
                                  file=sys.stderr, dynamic_ncols=True)
 
     def log_train(self, step: int, loss: float, lr: float, grad_norm: Optional[float], step_seconds: float,
-                  tokens_in_batch: int, consumed_tokens: int) -> dict:
-        """Log one training step's numbers (averaged over the steps since the last log by the caller)."""
+                  tokens_in_batch: int, consumed_tokens: int, extra: Optional[dict] = None) -> dict:
+        """Log one training step's numbers (averaged over the steps since the last log by the caller).
+
+        extra: stage-specific numbers logged beside the loss under their own keys (DPO: train.dpo.METRICS).
+        """
         tokens_per_second = tokens_in_batch / max(step_seconds, 1e-9)
         tflops_per_gpu = tokens_per_second * self.flops_per_token / self.world_size / 1e12
         record = {
             "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "step_time_s": step_seconds,
             "tokens_per_s": tokens_per_second, "tflops_per_gpu": tflops_per_gpu,
             "mfu": tflops_per_gpu / self.peak if self.peak else None,
-            "memory_gib": peak_memory_gib(), "consumed_tokens": consumed_tokens,
+            "memory_gib": peak_memory_gib(), "consumed_tokens": consumed_tokens, **(extra or {}),
         }
         self._emit(record)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
         return record
 
-    def log_validation(self, step: int, loss: float) -> None:
-        self._emit({"step": step, "val_loss": loss})
+    def log_validation(self, step: int, losses: dict) -> None:
+        """`losses`: {"val_loss": blend, "val_loss/NAME": each source's} (train.trainer.Trainer.evaluate)."""
+        self._emit({"step": step, **losses})
 
     def advance(self, steps: int = 1) -> None:
         if self.progress is not None:

@@ -14,8 +14,10 @@ matplotlib.use("Agg")  # headless: cluster nodes have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def read_metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, float]]:
-    """(training records by step, validation loss by step), last record per step winning."""
+def read_metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
+    """(training records by step, validation records by step), last record per step winning.
+
+    A validation record holds val_loss (the blend) and val_loss/NAME for each data source."""
     train, valid = {}, {}
     path = Path(run_dir) / "metrics.jsonl"
     for line_number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -24,10 +26,20 @@ def read_metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, float]]:
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{line_number} is not JSON ({error}); delete the partial last line") from error
         if "val_loss" in record:
-            valid[record["step"]] = record["val_loss"]
+            valid[record["step"]] = record
         else:
             train[record["step"]] = record
     return train, valid
+
+
+def validation_curves(valid: dict[int, dict]) -> dict[str, tuple[list, list]]:
+    """Plot label -> (steps, losses): the blend's validation loss and one curve per data source."""
+    curves = {}
+    for key in sorted({k for record in valid.values() for k in record if k.startswith("val_loss")}):
+        points = sorted((step, record[key]) for step, record in valid.items() if key in record)
+        label = "validation loss" + (f" ({key.split('/', 1)[1]})" if "/" in key else "")
+        curves[label] = ([step for step, _ in points], [loss for _, loss in points])
+    return curves
 
 
 def render_plots(run_dir: Path) -> list[Path]:
@@ -37,8 +49,8 @@ def render_plots(run_dir: Path) -> list[Path]:
     steps = sorted(train)
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.plot(steps, [train[s]["loss"] for s in steps], label="train loss")
-    if valid:
-        axis.plot(sorted(valid), [valid[s] for s in sorted(valid)], "o-", label="validation loss")
+    for label, (valid_steps, values) in validation_curves(valid).items():
+        axis.plot(valid_steps, values, ".--" if "(" in label else "o-", label=label)
     axis.set(xlabel="step", ylabel="loss (nats/token)", title=run_dir.name)
     axis.legend()
     figure.tight_layout()

@@ -4,16 +4,22 @@
   torchrun --nproc_per_node=N tests/equivalence/worker.py compare OUT_DIR LAYOUT [LAYOUT ...]
 
 A LAYOUT is `tp2`, `tp2sp`, `pp2`, `pp2vpp2`, `dp2`, `dp2distopt`, `cp2`, `tp2pp2`, `tp2cp2`... with a
-`-tied`/`-untied` suffix, optionally `-wrongshard` (negative control: SwiGLU's [gate; up] split as one matrix).
+`-tied`/`-untied` suffix, optionally `-bf16` (bf16 params, the shipped recipes' precision, against the fp32
+reference) or a negative control: `-wrongshard` (SwiGLU's [gate; up] split as one matrix), `-wrongsplit` (the
+reference layers loaded into the wrong pipeline stage), `-wrongcp` (core attention masks on contiguous chunk
+positions instead of megatron's load-balanced ones). `cp2mask` checks SDPA core attention with an attention
+mask at CP2 against full-sequence attention (the gathered K/V come in load-balanced order, the mask does not).
 Both modes build the model through train.trainer.Trainer from the tiny recipe (4 layers so PP2 x VPP2 fits,
 vocab 1024, fp32) and run 3 optimizer steps of 4 micro-batches on the same global batches.
 The comparison copies the reference's initial weights into the shards with this file's OWN sharding map
 (written from the Qwen2/megatron layout, not megatron's code), then checks per step: global loss, every
 parameter's reduced gradient shard (relative to its largest element), and parameters after the step.
-Rank 0 writes OUT_DIR/result-LAYOUT.json with the worst figures; the pytest side asserts tolerances.
+Rank 0 writes OUT_DIR/result-LAYOUT.json with the worst figures and the TP/PP/VPP/CP/DP sizes read back from
+megatron's parallel_state (so a layout that silently did not take effect is caught); pytest asserts tolerances.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -42,7 +48,7 @@ def recipe_for(layout: str):
     overrides = [
         "+recipe=tiny", f"model.num_layers={LAYERS}", f"model.vocab_size={VOCAB}",
         f"model.tied_embeddings={'-untied' not in layout}", "model.transformer_impl=local",
-        "precision.dtype=fp32", f"train.seq_length={SEQ}", f"train.global_batch_size={global_batch}",
+        f"precision.dtype={'bf16' if '-bf16' in layout else 'fp32'}", f"train.seq_length={SEQ}", f"train.global_batch_size={global_batch}",
         f"train.micro_batch_size={global_batch // (MICROBATCHES * dp)}", f"train.train_iters={STEPS}",
         f"parallel.tp={tp}", f"parallel.pp={pp}", f"parallel.vpp={vpp}", f"parallel.cp={cp}",
         f"parallel.sp={'sp' in layout.split('-')[0]}", f"parallel.distributed_optimizer={'distopt' in layout}",
@@ -91,6 +97,8 @@ def layer_offset(trainer, chunk_index: int) -> int:
 
     pp, vpp = trainer.recipe.parallel.pp, trainer.recipe.parallel.vpp
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    if WRONG_SPLIT:
+        pp_rank = pp - 1 - pp_rank  # negative control: every stage gets another stage's layers
     return chunk_index * LAYERS // vpp + pp_rank * LAYERS // (pp * vpp)
 
 
@@ -121,12 +129,50 @@ def local_parameters(trainer):
             yield index, name, param
 
 
+WRONG_SPLIT = False
+
+
+def contiguous_positions(local_len: int, cp_rank: int, cp_size: int, device) -> torch.Tensor:
+    """Negative control for model.layers.load_balanced_positions: as if CP rank r held tokens [r*n, (r+1)*n)."""
+    return torch.arange(cp_rank * local_len, (cp_rank + 1) * local_len, device=device)
+
+
+def parallel_sizes() -> dict:
+    from megatron.core import parallel_state as ps
+
+    return dict(tp=ps.get_tensor_model_parallel_world_size(), pp=ps.get_pipeline_model_parallel_world_size(),
+                vpp=ps.get_virtual_pipeline_model_parallel_world_size() or 1,
+                cp=ps.get_context_parallel_world_size(), dp=ps.get_data_parallel_world_size())
+
+
+@contextlib.contextmanager
+def negative_controls(layout: str):
+    """Install the defect a negative-control layout names (see the module docstring) for one comparison."""
+    global WRONG_SPLIT
+    import model.layers
+
+    balanced = model.layers.load_balanced_positions
+    WRONG_SPLIT = "-wrongsplit" in layout
+    if "-wrongcp" in layout:
+        model.layers.load_balanced_positions = contiguous_positions
+    try:
+        yield
+    finally:
+        model.layers.load_balanced_positions = balanced
+        WRONG_SPLIT = False
+
+
 def compare(out_dir: Path, layout: str) -> None:
+    with negative_controls(layout):
+        _compare(out_dir, layout)
+
+
+def _compare(out_dir: Path, layout: str) -> None:
     from megatron.core import parallel_state
 
-    trainer_recipe = recipe_for(layout)
     from train.trainer import Trainer
 
+    trainer_recipe = recipe_for(layout)
     trainer = Trainer(trainer_recipe)
     reference = torch.load(out_dir / f"reference-{'untied' if '-untied' in layout else 'tied'}.pt")
     tp, tp_rank = trainer_recipe.parallel.tp, parallel_state.get_tensor_model_parallel_rank()
@@ -168,11 +214,50 @@ def compare(out_dir: Path, layout: str) -> None:
     if torch.distributed.get_rank() == 0:
         result = dict(layout=layout, losses=losses, reference_losses=reference["losses"],
                       grad_rel_max=summary[0].tolist(), param_abs_max=summary[1].tolist(),
-                      grads_checked=int(checked.item()), dp=parallel_state.get_data_parallel_world_size())
+                      grads_checked=int(checked.item()), sizes=parallel_sizes(),
+                      dp=parallel_state.get_data_parallel_world_size())
         (out_dir / f"result-{layout}.json").write_text(json.dumps(result, indent=1))
         print(f"[equivalence] {layout}: loss |d| max "
               f"{max(abs(a - b) for a, b in zip(losses, reference['losses'])):.2e}, grad rel max "
               f"{result['grad_rel_max']}, param |d| max {result['param_abs_max']}", flush=True)
+
+
+def check_cp_attention_mask(out_dir: Path) -> None:
+    """SDPA core attention at CP2 with a document mask equals full-sequence masked attention at this rank's rows.
+
+    The reference is written out here (scores, mask, softmax); the CP side gets its q/k/v rows and the mask the
+    way a real batch does (megatron's get_batch_on_this_cp_rank cuts the mask's query dim only)."""
+    from megatron.core import parallel_state
+    from megatron.core.transformer import TransformerConfig
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    from model.layers import SDPACoreAttention, load_balanced_positions
+    from train.distributed import init_model_parallel
+
+    init_model_parallel(cp=2)
+    seq, batch, heads, groups, dim = 16, 2, 4, 2, 8
+    generator = torch.Generator().manual_seed(7)
+    q = torch.randn(seq, batch, heads, dim, generator=generator)
+    k, v = (torch.randn(seq, batch, groups, dim, generator=generator) for _ in range(2))
+    document = torch.tensor([0] * 5 + [1] * 6 + [2] * 5)  # three documents in one row
+    masked = (document[:, None] != document[None, :]).expand(batch, 1, seq, seq)  # True = masked out
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    scores = torch.einsum("sbhd,tbhd->bhst", q, k.repeat_interleave(heads // groups, dim=2)) / dim ** 0.5
+    scores = scores.masked_fill(~(causal & ~masked), float("-inf"))
+    full = torch.einsum("bhst,tbhd->sbhd", scores.softmax(-1), v.repeat_interleave(heads // groups, dim=2))
+
+    rank = parallel_state.get_context_parallel_rank()
+    rows = load_balanced_positions(seq // 2, rank, 2, "cpu")
+    local_mask = get_batch_on_this_cp_rank({"attention_mask": masked})["attention_mask"]
+    config = TransformerConfig(num_layers=1, hidden_size=heads * dim, num_attention_heads=heads,
+                               num_query_groups=groups, kv_channels=dim, attention_dropout=0.0, context_parallel_size=2)
+    attention = SDPACoreAttention(config, layer_number=1, attn_mask_type=None, attention_type="self")
+    out = attention(q[rows], k[rows], v[rows], local_mask)
+    error = torch.tensor([(out - full[rows].reshape(seq // 2, batch, heads * dim)).abs().max().item()])
+    torch.distributed.all_reduce(error, op=torch.distributed.ReduceOp.MAX)
+    if torch.distributed.get_rank() == 0:
+        (out_dir / "result-cp2mask.json").write_text(json.dumps(dict(layout="cp2mask", max_abs_error=error.item())))
+        print(f"[equivalence] cp2mask: max |d| {error.item():.2e}", flush=True)
 
 
 def make_reference(out_dir: Path) -> None:
@@ -202,7 +287,7 @@ def main() -> None:
         make_reference(out_dir)
     else:
         for layout in layouts:
-            compare(out_dir, layout)
+            check_cp_attention_mask(out_dir) if layout == "cp2mask" else compare(out_dir, layout)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 

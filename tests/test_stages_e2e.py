@@ -1,0 +1,142 @@
+"""Every stage end to end through launch/pretrain.py on real prepared data, in every tiny layout, on both loaders.
+
+A covering set, one torchrun per case, 3 steps and one validation each (64-token samples): every stage (file, repo,
+sft) and every layout (TP2, PP2, CP2, DP2 + distributed optimizer) at least once, the repo stage at CP2 on the
+default torch loader AND on DALI (its batches carry megatron's per-sample dataset_id, which context parallelism
+must not cut along the sequence). Each case must finish with finite training and validation losses.
+The file-stage case blends two real sources (stdlib code, stdlib docstrings as text) and checks the per-source
+validation loss in every sink: console, metrics.jsonl, the offline W&B file and the loss plot's curves.
+
+Data, all real: stdlib packages tokenized by data/prepare.py (file mode; repo mode over a tree of two packages),
+stdlib docstrings (text mode), and ChatML conversations whose answers are stdlib docstrings (stage=sft).
+To add a stage (e.g. dpo): give `stage_data` its source and append a CASES row with a layout it supports.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.run_helpers import FAST, REPO, STDLIB, prepare_code_dataset, run_pretrain, train_losses, wandb_history
+
+LAYOUTS = {
+    "tp2": ["parallel.tp=2", "parallel.pp=1", "parallel.cp=1", "parallel.distributed_optimizer=false"],
+    "pp2": ["parallel.tp=1", "parallel.pp=2", "parallel.cp=1", "parallel.distributed_optimizer=false"],
+    "cp2": ["parallel.tp=1", "parallel.pp=1", "parallel.cp=2", "parallel.distributed_optimizer=true"],
+    "dp2-distopt": ["parallel.tp=1", "parallel.pp=1", "parallel.cp=1", "parallel.distributed_optimizer=true"],
+}
+# (stage, layout, loader)
+CASES = [
+    ("file", "tp2", "torch"),
+    ("file", "dp2-distopt", "dali"),
+    ("repo", "cp2", "torch"),
+    ("repo", "cp2", "dali"),
+    ("sft", "pp2", "torch"),
+    ("dpo", "cp2", "dali"),  # pairs carry float64 reference log-probs through DALI; per-sequence sums over CP
+]
+STEPS = 3
+TWO_SOURCES = ("file", "dp2-distopt", "dali")  # the case that also checks per-source validation loss
+
+
+def _docstrings(modules=("json", "email", "asyncio", "collections", "pathlib")) -> list[tuple[str, str]]:
+    """(qualified name, docstring) of the functions and classes of a few stdlib packages."""
+    found = []
+    for package in modules:
+        root = STDLIB / package
+        for path in sorted(root.rglob("*.py")) if root.is_dir() else [STDLIB / f"{package}.py"]:
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(node):
+                    found.append((f"{path.stem}.{node.name}", ast.get_docstring(node)))
+    return found
+
+
+def _prepare(arguments: list[str]) -> None:
+    subprocess.run([sys.executable, str(REPO / "data" / "prepare.py"), *arguments, "--workers", "1",
+                    "--no-progress"], check=True, cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def stage_data(tmp_path_factory) -> dict[str, list[str]]:
+    """The data.sources override of each stage."""
+    work = tmp_path_factory.mktemp("stages")
+    code = prepare_code_dataset(work, packages=("json", "email"))
+    docs = _docstrings()
+    (work / "text.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for _, text in docs))
+    _prepare(["--input", str(work / "text.jsonl"), "--output-prefix", str(work / "text"), "--mode", "text"])
+    repos = work / "repos"
+    for package in ("json", "email"):
+        shutil.copytree(STDLIB / package, repos / package, ignore=shutil.ignore_patterns("__pycache__"))
+    _prepare(["--input", str(repos), "--output-prefix", str(work / "repo"), "--mode", "repo",
+              "--seq-length", "1024"])
+    chat = work / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What does {name} do?"},
+        {"role": "assistant", "content": text}]}) + "\n" for name, text in docs))
+    pairs = work / "pairs.jsonl"  # the right docstring against its neighbour's; 40 pairs: the reference pass reads all
+    pairs.write_text("".join(json.dumps({"prompt": f"What does {name} do?", "chosen": text,
+                                         "rejected": docs[index + 1][1]}) + "\n"
+                             for index, (name, text) in enumerate(docs[:40])))
+    return {
+        "dpo": [f"data.sources=[{{name: pairs, prefix: {pairs}, weight: 1.0}}]", "data.split='90,10,0'"],
+        "file": [f"data.sources=[{{name: code, prefix: {code}, weight: 0.5}}, "
+                 f"{{name: text, prefix: {work / 'text'}, weight: 0.5}}]"],
+        "repo": [f"data.sources=[{{name: code, prefix: {work / 'repo'}, weight: 1.0}}]"],
+        "sft": [f"data.sources=[{{name: chat, prefix: {chat}, weight: 1.0}}]"],
+    }
+
+
+@pytest.mark.parametrize("stage,layout,loader", CASES, ids=["-".join(case) for case in CASES])
+def test_stage_trains_in_layout(stage_data, tmp_path, request, stage, layout, loader):
+    if loader == "dali":
+        request.getfixturevalue("dali")
+    run_dir = tmp_path / "run"
+    two_sources = (stage, layout, loader) == TWO_SOURCES
+    completed = run_pretrain(2, [
+        "+recipe=tiny", f"stage={stage}", *FAST, *LAYOUTS[layout], *stage_data[stage], f"data.loader={loader}",
+        f"train.train_iters={STEPS}", f"train.eval_interval={STEPS}", "train.eval_iters=1",
+        "checkpoint.save_interval=0", f"run.dir={run_dir}", f"logging.wandb={two_sources}",
+        f"logging.plots={two_sources}"])
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    losses, valid = train_losses(run_dir), train_losses(run_dir, "val_loss")
+    assert sorted(losses) == list(range(1, STEPS + 1)) and sorted(valid) == [STEPS], (losses, valid)
+    assert all(math.isfinite(v) for v in [*losses.values(), *valid.values()]), (losses, valid)
+    if two_sources:
+        _check_per_source_validation(run_dir, completed.stdout)
+
+
+def _check_per_source_validation(run_dir, console: str) -> None:
+    from train.plots import read_metrics, validation_curves
+
+    record = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if "val_loss" in line][-1]
+    per_source = {name: record[f"val_loss/{name}"] for name in ("code", "text")}
+    # the blend is the token-weighted mean of its sources: strictly between them unless they coincide
+    assert min(per_source.values()) <= record["val_loss"] <= max(per_source.values()), record
+    assert per_source["code"] != per_source["text"], record
+    assert f"val_loss/code {per_source['code']:.4f}" in console and f"val_loss/text {per_source['text']:.4f}" in console
+    logged = {key: json.loads(value) for items in wandb_history(run_dir) for key, value in items.items()
+              if key.startswith("val")}
+    assert logged == pytest.approx({"val_loss": record["val_loss"], **{f"val_loss/{k}": v for k, v in per_source.items()}})
+    curves = validation_curves(read_metrics(run_dir)[1])
+    assert set(curves) == {"validation loss", "validation loss (code)", "validation loss (text)"}
+    assert (run_dir / "loss.png").stat().st_size > 1000
+
+
+def test_loss_report_splits_loss_and_tokens_by_source():
+    """What per-source validation sums: each sample's masked loss and tokens under its dataset_id (hand-computed)."""
+    import torch
+
+    from train.trainer import _loss_func
+
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    loss, tokens, reports = _loss_func(mask, torch.tensor([1, 0, 1], dtype=torch.int16), 3, per_token)
+    assert loss.item() == 1 + 2 + 4 + 7 + 8 + 9 and tokens.item() == 6
+    assert reports["lm loss"].tolist() == [31.0, 6.0]
+    assert reports["source loss"].tolist() == [[4.0, 1.0], [27.0, 5.0], [0.0, 0.0]]
+    assert "source loss" not in _loss_func(mask, None, 3, per_token)[2]  # SFT samples carry no source
