@@ -1,16 +1,21 @@
 """DataConfig: the recipe's `data` node (Hydra/OmegaConf structured config compatible).
 
 Field types are limited to what OmegaConf structured configs accept: str, int, float, bool, Optional[...],
-List of a dataclass; no unions. Cross-field rules run in __post_init__, which OmegaConf.to_object calls,
-so a bad recipe fails at compose time with a message naming the field and the fix. Checks that need the
-files (prefixes exist, every split non-empty) run in data.datasets.validate_sources before any building.
+List of a dataclass; no unions. Cross-field rules are DataConfig.problems(): a DataConfig built directly
+raises ValueError in __post_init__, and a recipe (recipes.compose, under checks_deferred) reports them through
+recipes.validate with rule names (data-sources, data-fim, data-split, data-loader, enum) and every other rule.
+Checks that need the files (prefixes exist, every split non-empty) run in data.datasets.validate_sources before
+any building.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 LOADERS = ("torch", "dali")
+_checks_deferred: ContextVar[bool] = ContextVar("data_checks_deferred", default=False)
 SAMPLE_MODES = ("file", "repo")  # how training reads prepared sources; data.pipeline.PREPARE_MODES adds "text"
 
 
@@ -73,32 +78,56 @@ class DataConfig:
     """stage=sft: malformed conversation lines are one error listing them all, instead of counted skips."""
 
     def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems and not _checks_deferred.get():
+            raise ValueError("; ".join(message for _, message in problems))
+
+    def problems(self) -> List[Tuple[str, str]]:
+        """(rule, message) for every broken data rule; recipes.validate reports them with the recipe's other rules."""
+        out = []
         if not self.sources:
-            raise ValueError("data.sources is empty: give at least one {name, prefix, weight}")
+            out.append(("data-sources", "data.sources is empty: give at least one {name, prefix, weight}"))
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
-            raise ValueError(f"data.sources names must be unique, got {names}")
+            out.append(("data-sources", f"data.sources names must be unique, got {names}"))
         for i, source in enumerate(self.sources):
             if not source.weight > 0:
-                raise ValueError(f"data.sources[{i}] ({source.name}): weight must be > 0, got {source.weight}")
+                out.append(("data-sources", f"data.sources[{i}] ({source.name}): weight must be > 0, got "
+                                            f"{source.weight}"))
             if source.fim_rate is not None and not 0.0 <= source.fim_rate <= 1.0:
-                raise ValueError(f"data.sources[{i}] ({source.name}): fim_rate must be in [0, 1] or null, "
-                                 f"got {source.fim_rate}")
+                out.append(("data-fim", f"data.sources[{i}] ({source.name}): fim_rate must be in [0, 1] or null, "
+                                        f"got {source.fim_rate}"))
         for name in ("fim_rate", "fim_spm_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"data.{name} must be in [0, 1], got {value}")
+                out.append(("data-fim", f"data.{name} must be in [0, 1], got {value}"))
         if self.mode not in SAMPLE_MODES:
-            raise ValueError(f"data.mode must be one of {SAMPLE_MODES}, got {self.mode!r}")
+            out.append(("enum", f"data.mode must be one of {SAMPLE_MODES}, got {self.mode!r}"))
         if self.loader not in LOADERS:
-            raise ValueError(f"data.loader must be one of {LOADERS}, got {self.loader!r}")
+            out.append(("enum", f"data.loader must be one of {LOADERS}, got {self.loader!r}"))
         if self.num_workers < 0 or self.prefetch < 1:
-            raise ValueError(f"data.num_workers must be >= 0 and data.prefetch >= 1, got {self.num_workers}, {self.prefetch}")
-        split_percentages(self.split)
+            out.append(("data-loader", f"data.num_workers must be >= 0 and data.prefetch >= 1, got "
+                                       f"{self.num_workers}, {self.prefetch}"))
+        try:
+            split_percentages(self.split)
+        except ValueError as error:
+            out.append(("data-split", str(error)))
+        return out
 
     def weights(self) -> List[float]:
         total = sum(s.weight for s in self.sources)
         return [s.weight / total for s in self.sources]
+
+
+@contextmanager
+def checks_deferred() -> Iterator[None]:
+    """DataConfig objects built inside raise nothing; their problems() go to recipes.validate, which reports them
+    in one error with every other broken rule of the recipe (recipes.compose builds recipes this way)."""
+    token = _checks_deferred.set(True)
+    try:
+        yield
+    finally:
+        _checks_deferred.reset(token)
 
 
 def split_percentages(split: str) -> List[float]:

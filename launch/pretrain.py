@@ -9,14 +9,14 @@ import sys
 
 from omegaconf import OmegaConf
 
-from recipes.compose import compose_config
+from recipes.compose import build_recipe, compose_config
 from train.errors import user_errors_reported
 
 
 def main(argv) -> None:
     with user_errors_reported(extra=(ValueError,)):  # schema fields raise ValueError when they are built
         cfg = compose_config(argv)
-        recipe = OmegaConf.to_object(cfg)
+        recipe = build_recipe(cfg)  # data rules are reported by the validator with the others
     from train.distributed import set_launch_environment
     from train.loop import run
 

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from data.config import checks_deferred
 from recipes import schema
 from recipes.validate import validate
 
@@ -20,6 +21,13 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+def build_recipe(cfg: DictConfig) -> schema.Recipe:
+    """Typed Recipe object (interpolations resolved), not yet validated: bad data settings do not raise here,
+    recipes.validate reports them with every other broken rule."""
+    with checks_deferred():
+        return OmegaConf.to_object(cfg)
+
+
 def to_recipe(cfg: DictConfig, world_size: Optional[int] = None) -> schema.Recipe:
     """Typed Recipe object (interpolations resolved), checked by recipes.validate.
 
@@ -27,4 +35,4 @@ def to_recipe(cfg: DictConfig, world_size: Optional[int] = None) -> schema.Recip
     training loop passes torch.distributed's world size, the planner the recipe's run.nodes x run.gpus_per_node.
     Raises recipes.validate.RecipeError listing every broken rule.
     """
-    return validate(OmegaConf.to_object(cfg), world_size)
+    return validate(build_recipe(cfg), world_size)

@@ -50,6 +50,9 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
 - schedule: min_lr <= lr (optimizer_param_scheduler.py:148). A warmup longer than a short smoke run is fine:
   train.trainer clamps it to train_iters - 1.
 - gpu: run.gpu names a row of recipes.gpus (memory and FP8 support come from it).
+- data-sources / data-fim / data-split / data-loader (and enum for data.mode, data.loader): the data node's own
+  rules, stated in data.config.DataConfig.problems (sources non-empty, unique, weight > 0; FIM rates in [0, 1];
+  the train,valid,test split; loader workers).
 World-size rules (only when the world size is known):
 - world-size: world % (tp x pp x cp) == 0; dp = world / (tp x pp x cp).
 - global-batch: global_batch_size % (micro_batch_size x dp) == 0.
@@ -170,6 +173,7 @@ def _unknown_keys(node, path: str = "") -> list[Violation]:
 
 def _check_fields(recipe: Recipe) -> list[Violation]:
     out = _unknown_keys(recipe)
+    out += [Violation(rule, message) for rule, message in recipe.data.problems()]  # data.config's rules
     for name, allowed in ENUMS.items():
         value = _get(recipe, name)
         if value is None and name == "precision.fp8":

@@ -8,6 +8,7 @@ import pytest
 
 from model.shapes import get_shape
 from recipes.compose import compose_config, to_recipe
+import data.config as data_config_module
 import recipes.validate as validate_module
 from recipes.validate import RecipeError, check, valid_tp_sizes, validate
 
@@ -89,6 +90,14 @@ BROKEN = [
     ("packing-cp", ["+recipe=7b", "stage=sft", "parallel.cp=2"], None, "packing-cp",
      ["needs parallel.cp=1 (got cp=2)", "data.packing=false"]),
     ("dpo", ["+recipe=7b", "stage=dpo", "stage.dpo_beta=0"], None, "dpo", ["stage.dpo_beta=0.0 must be > 0"]),
+    ("data-sources", ["+recipe=tiny", "data.sources=[{name: a, prefix: x, weight: 1}, {name: b, weight: 0}]"],
+     None, "data-sources",
+     ["data.sources[1] (b): weight must be > 0, got 0"]),
+    ("data-fim", ["+recipe=tiny", "data.fim_rate=1.5"], None, "data-fim", ["data.fim_rate must be in [0, 1], got 1.5"]),
+    ("data-split", ["+recipe=tiny", "data.split=train"], None, "data-split", ["data.split must be 'train,valid,test'"]),
+    ("data-loader", ["+recipe=tiny", "data.prefetch=0"], None, "data-loader", ["data.prefetch >= 1, got 2, 0"]),
+    ("enum-data-loader", ["+recipe=tiny", "data.loader=tf"], None, "enum",
+     ["data.loader must be one of ('torch', 'dali'), got 'tf'"]),
     ("world-size", ["+recipe=7b", "stage=repo"], 12, "world-size",
      ["world size 12 is not a multiple of tp x pp x cp = 2 x 1 x 4 = 8", "(e.g. 16)"]),
     ("global-batch", ["+recipe=7b"], 24, "global-batch",
@@ -108,22 +117,23 @@ def test_rule_is_enforced_with_values_and_fix(overrides, world_size, rule, expec
 
 
 def validator_rules() -> set[str]:
-    """Every rule name recipes/validate.py can report, read from its source: the first argument of each
-    Violation(...) call, and the rule of each (rule, message) pair the TP width check collects."""
-    tree = ast.parse(inspect.getsource(validate_module))
+    """Every rule name recipes.validate can report, read from the source: the first argument of each
+    Violation(...) call, and the rule of each (rule, message) pair collected for it (the TP width rules in
+    recipes/validate.py, the data rules in data/config.py's DataConfig.problems)."""
     rules, unread = set(), []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        if isinstance(node.func, ast.Name) and node.func.id == "Violation":
-            first = node.args[0]
-            if isinstance(first, ast.Constant):
-                rules.add(first.value)
-            elif not (isinstance(first, ast.Name) and first.id == "rule"):  # `rule` comes from tp_width_problems
-                unread.append(ast.unparse(first))
-        elif isinstance(node.func, ast.Attribute) and node.func.attr == "append" and \
-                isinstance(node.func.value, ast.Name) and node.func.value.id == "problems":
-            rules.add(node.args[0].elts[0].value)
+    for module in (validate_module, data_config_module):
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if not isinstance(node, ast.Call):
+                continue
+            if isinstance(node.func, ast.Name) and node.func.id == "Violation":
+                first = node.args[0]
+                if isinstance(first, ast.Constant):
+                    rules.add(first.value)
+                elif not (isinstance(first, ast.Name) and first.id == "rule"):  # `rule`: a collected pair's
+                    unread.append(ast.unparse(first))
+            elif isinstance(node.func, ast.Attribute) and node.func.attr == "append" and node.args and \
+                    isinstance(node.args[0], ast.Tuple) and isinstance(node.args[0].elts[0], ast.Constant):
+                rules.add(node.args[0].elts[0].value)
     assert not unread, f"rule names this test cannot read: {unread}"
     return rules
 
