@@ -80,14 +80,13 @@ class StageMemory:
     grads: int = 0
     optimizer: int = 0
     fp8_weight_cache: int = 0
-    reference_model: int = 0
     activations: int = 0
     logits: int = 0
     allowance: int = 0
 
     @property
     def total(self) -> int:
-        return (self.weights + self.grads + self.optimizer + self.fp8_weight_cache + self.reference_model
+        return (self.weights + self.grads + self.optimizer + self.fp8_weight_cache
                 + self.activations + self.logits + self.allowance)
 
     def gib(self) -> dict[str, float]:
@@ -114,8 +113,6 @@ def stage_memory(recipe: Recipe, shape: ModelShape, layout: Layout) -> list[Stag
                         optimizer=params * o_bytes // shard)
         if recipe.precision.fp8 is not None:
             m.fp8_weight_cache = 2 * linear_per_layer * layers_per_chunk * layout.vpp
-        if dpo:
-            m.reference_model = params * w_bytes
         units, chunks_per_unit = inflight(layout, stage)
         layers_held = units * chunks_per_unit * layers_per_chunk
         if recipe.train.recompute == "full":
@@ -244,7 +241,9 @@ def make_plan(recipe: Recipe, world_size: Optional[int] = None) -> Plan:
     if recipe.parallel.distributed_optimizer and layout.dp * layout.cp == 1:
         plan.notes.append("distributed optimizer on a single data-parallel rank shards nothing")
     if recipe.stage.name == "dpo":
-        plan.notes.append("DPO: each micro-batch item is a (chosen, rejected) pair; a frozen reference copy is held")
+        plan.notes.append("DPO: each micro-batch item is a (chosen, rejected) pair; before step 1 a forward-only "
+                          "pass over every pair computes the reference log-probs (~1/3 of one epoch's compute, "
+                          "no GPU memory beyond a step's)")
     return plan
 
 

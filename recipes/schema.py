@@ -118,6 +118,11 @@ class StageConfig:
     name: str = "file"
     """One of STAGES: file (8K next-token + FIM), repo (32K repo-level, YaRN, FP8), sft or dpo."""
     dpo_beta: float = 0.1
+    """stage=dpo: beta, the strength of the KL tie to the reference (train.dpo); > 0."""
+    dpo_label_smoothing: float = 0.0
+    """stage=dpo: conservative DPO's probability that a pair's label is flipped, in [0, 0.5); 0 = plain DPO."""
+    dpo_nll_weight: float = 0.0
+    """stage=dpo: weight of an added NLL term on the chosen reply (per-token mean); 0 = none."""
 
 
 @dataclass

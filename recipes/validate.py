@@ -43,6 +43,8 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
   parallel.distributed_optimizer: both gather parameters from the optimizer's shards; without it megatron
   silently ignores overlap_param_gather (distributed_data_parallel.py:347), and Megatron-LM refuses FP8
   parameter gathering.
+- dpo: stage.dpo_beta > 0, 0 <= stage.dpo_label_smoothing < 0.5 (at 0.5 both labels weigh the same and nothing
+  is learnt), stage.dpo_nll_weight >= 0.
 - recompute-layers: full (uniform) recompute checkpoints groups of recompute_num_layers layers; the group must
   divide the layers of each model chunk (transformer_block.py:532 would index past the chunk).
 - positions: seq_length <= max_position_embeddings x yarn_factor (32,768 trained positions; 131,072 with
@@ -316,6 +318,18 @@ def installed_transformer_engine() -> Optional[tuple[int, int]]:
     return None
 
 
+def _check_dpo(recipe: Recipe) -> list[Violation]:
+    stage, out = recipe.stage, []
+    if not stage.dpo_beta > 0:
+        out.append(Violation("dpo", f"stage.dpo_beta={stage.dpo_beta} must be > 0 (published DPO recipes use 0.1)"))
+    if not 0 <= stage.dpo_label_smoothing < 0.5:
+        out.append(Violation("dpo", f"stage.dpo_label_smoothing={stage.dpo_label_smoothing} must be in [0, 0.5); "
+                             "0 = plain DPO, e.g. 0.1 for conservative DPO"))
+    if not stage.dpo_nll_weight >= 0:
+        out.append(Violation("dpo", f"stage.dpo_nll_weight={stage.dpo_nll_weight} must be >= 0 (0 = no NLL term)"))
+    return out
+
+
 def _check_schedule(recipe: Recipe) -> list[Violation]:
     opt = recipe.optimizer
     if opt.min_lr > opt.lr:
@@ -361,6 +375,7 @@ def check(recipe: Recipe, world_size: Optional[int] = None) -> list[Violation]:
     out += _check_sequence(recipe, shape)
     out += _check_precision(recipe)
     out += _check_schedule(recipe)
+    out += _check_dpo(recipe)
     if world_size is not None:
         out += _check_world(recipe, world_size)
     return out

@@ -132,8 +132,11 @@ def test_interleaved_schedule_holds_narayanan_in_flight_layers():
 
 
 def test_stage_specific_costs():
-    dpo = make_plan(_recipe(["+recipe=7b", "stage=dpo"])).busiest
-    assert dpo.reference_model == dpo.weights  # frozen bf16 copy of the same shard
+    dpo_plan = make_plan(_recipe(["+recipe=7b", "stage=dpo"]))
+    as_sft = make_plan(_recipe(["+recipe=7b", "stage=dpo", "stage.name=sft"])).busiest
+    assert dpo_plan.busiest.activations == 2 * as_sft.activations  # a pair is two sequences
+    assert dpo_plan.busiest.weights == as_sft.weights  # precomputed reference: no frozen copy on the GPU
+    assert any("reference log-probs" in note for note in dpo_plan.notes)
     repo = make_plan(_recipe(["+recipe=7b", "stage=repo"])).busiest
     assert repo.fp8_weight_cache > 0
     last = make_plan(_recipe(["+recipe=32b"])).stages[-1]
