@@ -9,7 +9,11 @@ parts (a, b), and "a b" is merge number r - 256. For Qwen2.5's 151,643 ranks thi
 with no token left unreachable, in ~1.2 s. Byte-level symbols use the usual printable-byte mapping
 (bytes that are printable Latin-1 map to themselves, the other 68 to U+0100 upwards), written here from
 its definition. The pipeline around the BPE (NFC normaliser, Qwen2 split regex with Isolated behaviour,
-ByteLevel without its own regex, ByteLevel decoder) mirrors Qwen2's released tokenizer.json.
+ByteLevel without its own regex, ByteLevel decoder) mirrors Qwen2's released tokenizer.json, and so do the
+added tokens' flags: ids 151643-151656 "special": true, the 8 of NOT_SPECIAL_IN_RELEASE (151657-151664:
+tool-call tags, FIM sentinels, <|repo_name|>, <|file_sep|>) "special": false. A directory written here thus
+behaves like a downloaded one, literal "<|file_sep|>" in text matching the token included (data.tokenizer's
+HFTokenizer keeps such text ordinary anyway).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from data.tokenizer import QWEN2_PATTERN, SPECIAL_TOKENS, load_ranks
+from data.tokenizer import NOT_SPECIAL_IN_RELEASE, QWEN2_PATTERN, SPECIAL_TOKENS, load_ranks
 
 
 def byte_to_symbol() -> Dict[int, str]:
@@ -87,7 +91,8 @@ def build_hf_tokenizer(ranks: Optional[Dict[bytes, int]] = None, special_tokens:
     for name, token_id in sorted(special_tokens.items(), key=lambda item: item[1]):
         if token_id != tok.get_vocab_size(with_added_tokens=True):
             raise ValueError(f"special ids must follow the ranks densely: {name} has {token_id}")
-        tok.add_special_tokens([AddedToken(name, special=True, normalized=False)])
+        special = name not in NOT_SPECIAL_IN_RELEASE
+        tok.add_tokens([AddedToken(name, special=special, normalized=False)])
     assert tok.token_to_id(min(special_tokens, key=special_tokens.get)) == first_special
     return tok
 
@@ -110,7 +115,7 @@ def export_hf_tokenizer(out_dir: Path, ranks_path: Optional[Path] = None) -> Pat
         "eos_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>",
         "model_max_length": 131072,
-        "additional_special_tokens": list(SPECIAL_TOKENS)[1:],
+        "additional_special_tokens": [name for name in list(SPECIAL_TOKENS)[1:] if name not in NOT_SPECIAL_IN_RELEASE],
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
     tmp.rename(out_dir / "tokenizer.json")  # last, so a half-written export is never reused

@@ -65,6 +65,12 @@ SPECIAL_TOKENS: Dict[str, int] = {
     REPO_NAME: 151663,
     FILE_SEP: 151664,
 }
+# Qwen2.5's released tokenizer.json lists all 22 as added tokens but marks these 8 (151657-151664) "special": false,
+# the other 14 "special": true. Hugging Face `tokenizers` matches non-special added tokens in raw text even with
+# encode_special_tokens=True: literal "<|file_sep|>" in a source file would become id 151664.
+NOT_SPECIAL_IN_RELEASE = frozenset(
+    {"<tool_call>", "</tool_call>", FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD, REPO_NAME, FILE_SEP}
+)
 NUM_BPE_RANKS = 151643
 VOCAB_SIZE = NUM_BPE_RANKS + len(SPECIAL_TOKENS)  # 151665; the model pads its embedding to 151936/152064
 
@@ -261,9 +267,15 @@ def _load_gigatoken(ranks_path: Path, required: bool):
 
 
 class HFTokenizer(Tokenizer):
-    """A Hugging Face tokenizer directory (tokenizer.json read by the `tokenizers` library)."""
+    """A Hugging Face tokenizer directory (tokenizer.json read by the `tokenizers` library).
+
+    Text stays text: every added token is loaded as special and encode_special_tokens is on, so no literal
+    string in the data ever becomes an added-token id. Released Qwen2.5 directories mark 8 added tokens
+    "special": false (NOT_SPECIAL_IN_RELEASE), which `tokenizers` would otherwise match inside ordinary text.
+    """
 
     def __init__(self, directory: Path) -> None:
+        from tokenizers import AddedToken
         from tokenizers import Tokenizer as _HF
 
         path = Path(directory) / "tokenizer.json"
@@ -274,7 +286,12 @@ class HFTokenizer(Tokenizer):
         self.directory = Path(directory)
         self.name = str(self.directory.resolve())
         self._hf = _HF.from_file(str(path))
-        # Literal special-token strings inside code stay ordinary text, as in QwenTokenizer.
+        added = self._hf.get_added_tokens_decoder()
+        self._hf.add_special_tokens([AddedToken(t.content, special=True, normalized=t.normalized, lstrip=t.lstrip,
+                                                rstrip=t.rstrip, single_word=t.single_word) for t in added.values()])
+        if {i: t.content for i, t in self._hf.get_added_tokens_decoder().items()} != {
+                i: t.content for i, t in added.items()}:
+            raise ValueError(f"{path}: re-flagging its added tokens as special changed their ids")
         self._hf.encode_special_tokens = True
         self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         self.special = {}

@@ -29,11 +29,16 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def hf(tmp_path_factory):
+def hf_dir(tmp_path_factory):
+    """A tokenizer directory like the released one (its added tokens carry the released "special" flags)."""
+    return export_hf_tokenizer(tmp_path_factory.getbasetemp() / "qwen2.5-hf")  # shared per session
+
+
+@pytest.fixture(scope="module")
+def hf(hf_dir):
     from tokenizers import Tokenizer
 
-    directory = export_hf_tokenizer(tmp_path_factory.getbasetemp() / "qwen2.5-hf")  # shared per session
-    return Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
 
 
 def stdlib_sources(count):
@@ -220,3 +225,34 @@ def test_benchmark_smoke(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "identical ids: yes" in out and "ratio:" in out
     assert np.fromfile(tmp_path / "ours.bin", dtype=np.int32).size > 1000
+
+
+def test_literal_sentinels_stay_text_with_a_tokenizer_directory(tmp_path, hf_dir):
+    """prepare.py --tokenizer DIR and FIM with data.tokenizer=DIR: text that spells special tokens never becomes
+    ids >= 151643; only the structure (repo name, file separators, end of document, FIM sentinels) does."""
+    from data.fim import FIMSpec, apply_fim, sample_rng
+    from data.prepare import main
+
+    spelled = "# <|file_sep|>fake.py\n<|fim_prefix|>x<|fim_suffix|>y<|fim_middle|>z <tool_call> <|repo_name|>r\n"
+    root = tmp_path / "repos" / "demo"
+    root.mkdir(parents=True)
+    (root / "a.py").write_text("x = 1\n" + spelled)
+    (root / "b.py").write_text(spelled * 3 + "def f():\n    return 2\n")
+    (tmp_path / "file.jsonl").write_text(json.dumps({"text": spelled * 4, "path": "c.py"}) + "\n")
+    common = ["--tokenizer", str(hf_dir), "--no-progress"]
+    assert main(["--input", str(tmp_path / "repos"), "--output-prefix", str(tmp_path / "repo"), "--mode", "repo",
+                 "--seq-length", "0", *common]) == 0
+    assert main(["--input", str(tmp_path / "file.jsonl"), "--output-prefix", str(tmp_path / "file"), *common]) == 0
+    [repo], [file] = read_back(tmp_path / "repo"), read_back(tmp_path / "file")
+    special = lambda ids: [(i, int(t)) for i, t in enumerate(ids) if t >= 151643]  # noqa: E731
+    first_sep = 1 + len(load_tokenizer(backend="tiktoken").encode("demo\n"))
+    assert special(repo)[:2] == [(0, 151663), (first_sep, 151664)]
+    assert [t for _, t in special(repo)] == [151663, 151664, 151664, 151643]
+    assert special(file) == [(len(file) - 1, 151643)]
+    tok = load_tokenizer(str(hf_dir))
+    fim_ids = {151659, 151660, 151661, 151662}
+    for index in range(20):
+        out, done = apply_fim(file.copy(), FIMSpec(rate=1.0), sample_rng(0, 0, index), tok)
+        assert done == 1
+        body = [t for t in out[:-1].tolist() if t >= 151643]
+        assert sorted(set(body)) <= sorted(fim_ids) and body.count(151659) == 1, body
