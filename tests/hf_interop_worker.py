@@ -30,7 +30,8 @@ def recipe_for(case: dict, seq: int, batch: int):
         "+recipe=0.5b", "model.num_layers=2", "model.vocab_size=1024", f"model.tied_embeddings={case['tied']}",
         "model.transformer_impl=local", "precision.dtype=fp32", f"parallel.tp={case['tp']}",
         f"parallel.pp={case['pp']}", "parallel.vpp=1", "parallel.cp=1", "parallel.sp=false",
-        "parallel.distributed_optimizer=false", f"train.seq_length={seq}", f"train.micro_batch_size={batch}",
+        "parallel.distributed_optimizer=false", "parallel.overlap_param_gather=false",
+        f"train.seq_length={seq}", f"train.micro_batch_size={batch}",
         f"train.global_batch_size={batch}",
     ]
     return to_recipe(compose_config(overrides), world_size=torch.distributed.get_world_size())
