@@ -76,6 +76,13 @@ class DataConfig:
     """Batches prefetched per worker (torch prefetch_factor) or queued by DALI."""
     strict: bool = False
     """stage=sft: malformed conversation lines are one error listing them all, instead of counted skips."""
+    system_prompt: Optional[str] = None
+    """Chat stages: system message for conversations that do not start with one; None = Qwen2.5's default
+    ("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", what its chat template inserts),
+    '' = none (the conversation is rendered as given)."""
+    packing: bool = True
+    """stage=sft: pack several conversations per row, attention and positions restarting at each (thd format);
+    false: one conversation per row, padded. Needs parallel.cp=1."""
 
     def __post_init__(self) -> None:
         problems = self.problems()

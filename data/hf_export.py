@@ -98,13 +98,15 @@ def build_hf_tokenizer(ranks: Optional[Dict[bytes, int]] = None, special_tokens:
 
 
 def export_hf_tokenizer(out_dir: Path, ranks_path: Optional[Path] = None) -> Path:
-    """Write tokenizer.json, vocab.json, merges.txt and a minimal tokenizer_config.json into out_dir.
+    """Write tokenizer.json, vocab.json, merges.txt and a tokenizer_config.json (with Qwen2.5's chat template).
 
     Reuses an existing export (tests and the benchmark share one); delete the directory to rebuild.
     """
     out_dir = Path(out_dir)
     if (out_dir / "tokenizer.json").is_file():
         return out_dir
+    from data.sft import CHAT_TEMPLATE  # Qwen2.5's chat format has its one home with the SFT renderer
+
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_hf_tokenizer(load_ranks(ranks_path))
     tmp = out_dir / "tokenizer.json.tmp"
@@ -116,6 +118,7 @@ def export_hf_tokenizer(out_dir: Path, ranks_path: Optional[Path] = None) -> Pat
         "pad_token": "<|endoftext|>",
         "model_max_length": 131072,
         "additional_special_tokens": [name for name in list(SPECIAL_TOKENS)[1:] if name not in NOT_SPECIAL_IN_RELEASE],
+        "chat_template": CHAT_TEMPLATE,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
     tmp.rename(out_dir / "tokenizer.json")  # last, so a half-written export is never reused

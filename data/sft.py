@@ -4,25 +4,43 @@ Input (data.sources[0].prefix, the path of a .jsonl/.json/.ndjson file): one con
   {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}
 Other keys of a line or a message are ignored.
 
-Template (DESIGN.md section 4), each message: `<|im_start|>{role}\\n{content}<|im_end|>\\n`, as ids
-  [<|im_start|>] + encode(role) + encode("\\n") + encode(content) + [<|im_end|>] + encode("\\n").
-- Special ids are inserted structurally and each piece is encoded as ordinary text, so a literal "<|im_end|>" in
-  a code answer stays text (DESIGN.md's hazard). Qwen2.5-Coder's own finetuning/sft/binarize_data.py cuts a turn
-  into the same pieces. The ids equal tokenizing the rendered string except where content starts with
-  whitespace that the pre-tokenizer would merge with the role's "\\n" (content "\\nx": "\\n" "\\n" instead of
-  one "\\n\\n" token).
+Template: Qwen2.5's chat format (what its tokenizer's chat template, apply_chat_template and serving stacks
+render), each message `<|im_start|>{role}\n{content}<|im_end|>\n`, after a default system turn
+`<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n` when the
+first message is not a system message (data.system_prompt: another text, or '' for none). CHAT_TEMPLATE is the
+same format as a Jinja chat template; data.hf_export writes it into exported tokenizers. As ids:
+  context turn (system, user): [<|im_start|>] + encode(role) + encode("\n" + content) + [<|im_end|>] + encode("\n")
+  assistant turn: [<|im_start|>] + encode("assistant") + encode("\n") + encode(content) + [<|im_end|>] + encode("\n")
+- Special ids are inserted structurally and text is encoded as ordinary text, so a literal "<|im_end|>" in code
+  stays text (a chat template rendered to a string and then tokenized turns it into a control token; the one
+  place where this renderer and apply_chat_template differ by design). Qwen2.5-Coder's own SFT binarizer cuts a
+  turn into similar pieces.
+- Context turns encode "\n" + content as one piece, exactly as the whole rendered string tokenizes (the
+  pre-tokenizer merges "\n" with a leading line break of the content: "\n\nx" -> "\n\n", "x"). Assistant
+  content is encoded alone, because that is what the model generates after the prompt "<|im_start|>assistant\n"
+  ends in a lone "\n" token; the two agree unless the answer itself starts with whitespace and a line break.
+  tests/test_sft_data.py checks equality with transformers' apply_chat_template on the exported tokenizer.
 - Loss (what the model learns): every assistant turn's content tokens and its <|im_end|>, nothing else: not
-  <|im_start|>, the role or the "\\n" after it (inference supplies "<|im_start|>assistant\\n" itself), not system
-  or user turns, not padding, and not the "\\n" after <|im_end|>: generation stops at <|im_end|> (the chat
+  <|im_start|>, the role or the "\n" after it (inference supplies "<|im_start|>assistant\n" itself), not system
+  or user turns, not padding, and not the "\n" after <|im_end|>: generation stops at <|im_end|> (the chat
   stages' generation_config.json, train/hf_convert.py), so that newline is template, never generated.
-  Qwen's binarize_data.py differs: it also trains <|im_start|>/<|im_end|>/"\\n" of every turn and, by default,
-  only the last assistant turn; DESIGN.md asks for assistant turns only, and every turn answers its context.
+  Qwen's binarizer differs: it also trains <|im_start|>/<|im_end|>/"\n" of every turn and, by default, only the
+  last assistant turn; here every assistant turn is learnt, as each answers its context.
+- Reuse: ChatTemplate.render(messages, add_generation_prompt) is the one renderer (the preference stage renders
+  prompts with it and answers with ChatTemplate.reply).
 
-Samples, shaped like megatron's GPTDataset (train.trainer and data.loader take them unchanged): one
-conversation per sample, cut to seq_length + 1 ids (counted: conversations and ids cut), padded with
-<|endoftext|>; tokens = ids[:-1], labels = ids[1:], loss_mask[i] = 1 iff labels[i] is learnt, position_ids
-0..seq_length-1. Padding follows the conversation under a causal mask, so it changes no real position's
-logits, and the trainer's loss is the per-token mean over the global batch's masked tokens.
+Samples, shaped like megatron's GPTDataset (train.trainer and data.loader take them unchanged): each conversation
+is cut to seq_length + 1 ids (counted: conversations and ids cut); a row of seq_length + 1 ids holds one or more
+whole conversations and is padded with <|endoftext|>; tokens = ids[:-1], labels = ids[1:], loss_mask[i] = 1 iff
+labels[i] is learnt (the label crossing into the next conversation is its <|im_start|>, never learnt).
+- Packed (data.packing=true, the default): consecutive conversations of the epoch's order share a row while
+  they fit (next_fit), and position_ids restart at 0 at every conversation and at the padding. train.trainer
+  turns those restarts into megatron's packed-sequence (thd) boundaries, so attention and RoPE restart per
+  conversation and every token's loss is what it is with the conversation alone (tests/test_sft_packing.py).
+  Cost of the packing itself: one pass over the conversation lengths per epoch.
+- Unpacked: one conversation per row, position_ids 0..seq_length-1; padding follows the conversation under
+  the causal mask, so it changes no real position's logits.
+The trainer's loss is the per-token mean over the global batch's masked tokens either way.
 
 Skipping: nothing is dropped without a count. Malformed lines are counted by reason with file:LINE examples
 (data.report.Report), logged, and with data.strict=true are one BadInputError listing them all. Blank lines,
@@ -38,10 +56,11 @@ want a cached, memory-mapped index built by one rank (not built here).
 
 Split and order: data.split divides the kept conversations in file order with megatron's rounding
 (data.datasets.split_bounds), so train and valid never share a conversation and the split does not move with
-the seed (shuffle a file sorted by topic beforehand). Each split serves any number of samples: sample i is
-conversation perm_e[i mod N] with epoch e = i div N and perm_e a permutation seeded by (seed, split, e), so
-epochs repeat in a fresh order and sample i is the same on every rank and after a resume (data.loader
-addresses samples by index).
+the seed (shuffle a file sorted by topic beforehand). Each split serves any number of samples (rows): epoch e
+visits its N conversations in the order perm_e, a permutation seeded by (seed, split, e), cut into R_e rows
+(R_e = N unpacked); sample i is row i - (R_0 + ... + R_{e-1}) of the epoch e it falls in. So epochs repeat in
+a fresh order and sample i is the same on every rank and after a resume (data.loader addresses samples by
+index).
 """
 from __future__ import annotations
 
@@ -69,32 +88,83 @@ BAD_REASONS = ("malformed_json", "not_a_conversation", "missing_role", "unknown_
 POLICY_REASONS = ("blank_line", "no_loss_after_truncation")
 
 
-class ChatTemplate:
-    """ChatML ids for one tokenizer; the structural pieces (special ids, roles, "\\n") are encoded once."""
+DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+# Qwen2.5's chat format as a Hugging Face chat template (Jinja), written into exported tokenizers
+# (data.hf_export): the default system turn unless the first message is a system message, every message as
+# <|im_start|>{role}\n{content}<|im_end|>\n, and "<|im_start|>assistant\n" for add_generation_prompt. Tool
+# calling is not rendered: a `tools` argument is refused rather than silently dropped.
+CHAT_TEMPLATE = (
+    "{%- if tools %}{{ raise_exception('this chat template does not render tools') }}{% endif %}"
+    "{%- if not messages or messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+class ChatTemplate:
+    """ChatML ids for one tokenizer, Qwen2.5's chat format; the structural pieces are encoded once.
+
+    system_prompt: inserted as the first turn when a conversation does not start with a system message
+    (None: Qwen2.5's DEFAULT_SYSTEM_PROMPT, as its chat template does; "": never).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, system_prompt: Optional[str] = None) -> None:
         missing = [name for name in (IM_START, IM_END, EOD) if name not in tokenizer.special]
         if missing:
             raise ValueError(f"tokenizer {tokenizer.name} lacks {missing}: ChatML needs <|im_start|>, <|im_end|> "
                              "and <|endoftext|> (use data.tokenizer=qwen2.5)")
         self.tokenizer = tokenizer
+        self.system_prompt = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
         self.im_start = tokenizer.special[IM_START]
         self.im_end = tokenizer.special[IM_END]
         self.pad = tokenizer.special[EOD]
         self.newline = tokenizer.encode_array("\n")
         self.roles = {role: tokenizer.encode_array(role) for role in ROLES}
+        self.generation_prompt = self._head("assistant")
 
-    def encode(self, messages: Sequence[Dict[str, str]]) -> Tuple[np.ndarray, np.ndarray]:
-        """(ids int32, learnt bool) of a whole conversation; learnt marks assistant content and its <|im_end|>."""
-        contents = self.tokenizer.encode_batch([message["content"] for message in messages])
+    def _head(self, role: str) -> np.ndarray:
+        return np.concatenate([[self.im_start], self.roles[role], self.newline]).astype(np.int32)
+
+    def reply(self, content_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(ids, learnt) of an assistant turn after its generation prompt: content, <|im_end|> (learnt), "\n"."""
+        ids = np.concatenate([content_ids, [self.im_end], self.newline]).astype(np.int32)
+        learnt = np.ones(len(ids), bool)
+        learnt[-len(self.newline):] = False
+        return ids, learnt
+
+    def render(self, messages: Sequence[Dict[str, str]],
+               add_generation_prompt: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+        """(ids int32, learnt bool) of a conversation; learnt marks assistant content and its <|im_end|>.
+
+        add_generation_prompt appends "<|im_start|>assistant\n" (never learnt), what inference feeds the model.
+        """
+        if self.system_prompt and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        # Context turns: "\n" + content as one piece, which is how the whole rendered string tokenizes.
+        # Assistant turns: content alone, which is what the model generates after "<|im_start|>assistant\n".
+        texts = [m["content"] if m["role"] == "assistant" else "\n" + m["content"] for m in messages]
         ids: List[np.ndarray] = []
         learnt: List[np.ndarray] = []
-        for message, content in zip(messages, contents):
-            head = np.concatenate([[self.im_start], self.roles[message["role"]], self.newline])
-            body = np.append(content, self.im_end)
-            ids += [head, body, self.newline]
-            learnt += [np.zeros(len(head), bool), np.full(len(body), message["role"] == "assistant"),
-                       np.zeros(len(self.newline), bool)]
+        for message, content in zip(messages, self.tokenizer.encode_batch(texts)):
+            if message["role"] == "assistant":
+                head = self._head("assistant")
+                body, body_learnt = self.reply(content)
+            else:
+                head = np.concatenate([[self.im_start], self.roles[message["role"]]])
+                body = np.concatenate([content, [self.im_end], self.newline])
+                body_learnt = np.zeros(len(body), bool)
+            ids += [head, body]
+            learnt += [np.zeros(len(head), bool), body_learnt]
+        if add_generation_prompt:
+            ids.append(self.generation_prompt)
+            learnt.append(np.zeros(len(self.generation_prompt), bool))
+        if not ids:
+            return np.zeros(0, np.int32), np.zeros(0, bool)
         return np.concatenate(ids).astype(np.int32), np.concatenate(learnt)
 
 
@@ -141,7 +211,7 @@ class ConversationStore:
             if messages is None:
                 self.report.add_skip(reason, unit.origin, detail)
                 continue
-            conversation, targets = template.encode(messages)
+            conversation, targets = template.render(messages)
             kept, cut = conversation[:max_ids], targets[:max_ids]
             if not cut[1:].any():  # a label is ids[1:]: the first id is never learnt
                 self.report.add_skip("no_loss_after_truncation", unit.origin,
@@ -180,50 +250,97 @@ class ConversationStore:
                        "; ".join(entry["examples"]))
 
 
-def make_sample(ids: np.ndarray, learnt: np.ndarray, seq_length: int, pad: int) -> Dict[str, torch.Tensor]:
-    """GPTDataset-shaped item from a conversation of <= seq_length + 1 ids (padded with `pad`, never learnt)."""
-    if len(ids) > seq_length + 1:
-        raise ValueError(f"conversation of {len(ids)} ids does not fit seq_length {seq_length} + 1")
-    row = np.full(seq_length + 1, pad, dtype=np.int64)
-    row[:len(ids)] = ids
-    target = np.zeros(seq_length + 1, dtype=np.float32)
-    target[:len(ids)] = learnt
+def make_sample(conversations: Sequence[Tuple[np.ndarray, np.ndarray]], seq_length: int, pad: int,
+                packed: bool) -> Dict[str, torch.Tensor]:
+    """GPTDataset-shaped item from conversations of <= seq_length + 1 ids together, padded with `pad`.
+
+    packed: position ids restart at 0 where each conversation (and the padding) begins; they are what
+    train.trainer.pack_micro_batch reads the boundaries from. Otherwise 0..seq_length-1 (one conversation).
+    """
+    lengths = [len(ids) for ids, _ in conversations]
+    if sum(lengths) > seq_length + 1 or (len(lengths) > 1 and not packed):
+        raise ValueError(f"conversations of {lengths} ids do not fit one row of seq_length {seq_length} + 1"
+                         + ("" if packed else " (unpacked: one conversation per row)"))
+    padding = seq_length + 1 - sum(lengths)
+    row = np.concatenate([ids for ids, _ in conversations] + [np.full(padding, pad)]).astype(np.int64)
+    target = np.concatenate([learnt for _, learnt in conversations] + [np.zeros(padding, bool)])
+    if packed:
+        positions = np.concatenate([np.arange(n) for n in [*lengths, padding]])
+    else:
+        positions = np.arange(seq_length + 1)
     return {
         "tokens": torch.from_numpy(row[:-1].copy()),
         "labels": torch.from_numpy(row[1:].copy()),
-        "loss_mask": torch.from_numpy(target[1:].copy()),
-        "position_ids": torch.arange(seq_length, dtype=torch.int64),
+        "loss_mask": torch.from_numpy(target[1:].astype(np.float32)),
+        "position_ids": torch.from_numpy(positions[:-1].astype(np.int64)),
     }
 
 
+def next_fit(lengths: np.ndarray, capacity: int) -> np.ndarray:
+    """Row boundaries packing `lengths` in order: row r holds items [bounds[r], bounds[r+1]).
+
+    Next-fit (a row is closed when the next item does not fit) keeps the shuffled order, so a conversation's
+    row depends only on the epoch's permutation; every item must be <= capacity.
+    """
+    bounds, used = [0], 0
+    for index, length in enumerate(lengths.tolist()):
+        if used + length > capacity and used:
+            bounds.append(index)
+            used = 0
+        used += length
+    bounds.append(len(lengths))
+    return np.asarray(bounds, dtype=np.int64)
+
+
 class SFTDataset(torch.utils.data.Dataset):
-    """`num_samples` samples drawn epoch by epoch from conversations [first, last) of a store (one split)."""
+    """`num_samples` rows drawn epoch by epoch from conversations [first, last) of a store (one split).
+
+    Epoch e visits every conversation once in the order perm_e (seeded by seed, split, e); packed, consecutive
+    conversations of that order share a row (next_fit), so an epoch has fewer rows than conversations.
+    """
 
     def __init__(self, store: ConversationStore, first: int, last: int, num_samples: int, seq_length: int,
-                 seed: int, split_index: int, pad: int) -> None:
+                 seed: int, split_index: int, pad: int, packed: bool = True) -> None:
         if last <= first:
             raise ValueError(f"empty conversation range [{first}, {last})")
         self.store, self.first, self.count = store, first, last - first
         self.num_samples, self.seq_length = num_samples, seq_length
-        self.seed, self.split_index, self.pad = seed, split_index, pad
-        self._permutation: Tuple[int, Optional[np.ndarray]] = (-1, None)
+        self.seed, self.split_index, self.pad, self.packed = seed, split_index, pad, packed
+        self._rows_per_epoch: List[int] = []
+        self._epoch: Tuple[int, Optional[np.ndarray], Optional[np.ndarray]] = (-1, None, None)
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def conversation(self, index: int) -> int:
-        """Store index of the conversation behind sample `index`."""
+    def _layout(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(store indices in epoch order, row bounds into them); the last epoch is cached (reads are in order)."""
+        if self._epoch[0] != epoch:
+            order = self.first + np.random.default_rng([self.seed, self.split_index, epoch]).permutation(self.count)
+            if self.packed:
+                bounds = next_fit(np.diff(self.store.offsets)[order], self.seq_length + 1)
+            else:
+                bounds = np.arange(self.count + 1)
+            self._epoch = (epoch, order, bounds)
+        return self._epoch[1], self._epoch[2]
+
+    def conversations(self, index: int) -> np.ndarray:
+        """Store indices of the conversations in sample (row) `index`, in row order."""
         if not 0 <= index < self.num_samples:
             raise IndexError(f"sample {index} out of range [0, {self.num_samples})")
-        epoch, position = divmod(index, self.count)
-        if self._permutation[0] != epoch:  # one epoch cached: the loader reads samples in order
-            order = np.random.default_rng([self.seed, self.split_index, epoch]).permutation(self.count)
-            self._permutation = (epoch, order)
-        return self.first + int(self._permutation[1][position])
+        epoch = 0
+        while True:
+            if epoch == len(self._rows_per_epoch):
+                self._rows_per_epoch.append(len(self._layout(epoch)[1]) - 1)
+            if index < self._rows_per_epoch[epoch]:
+                break
+            index -= self._rows_per_epoch[epoch]
+            epoch += 1
+        order, bounds = self._layout(epoch)
+        return order[bounds[index]:bounds[index + 1]]
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        ids, learnt = self.store.get(self.conversation(index))
-        return make_sample(ids, learnt, self.seq_length, self.pad)
+        pieces = [self.store.get(int(c)) for c in self.conversations(index)]
+        return make_sample(pieces, self.seq_length, self.pad, self.packed)
 
 
 def sft_source(cfg: DataConfig) -> Path:
@@ -254,7 +371,7 @@ def build_sft_datasets(cfg: DataConfig, seq_length: int, train_samples: int, val
         raise ValueError(f"need seq_length >= 1, train_samples >= 1, valid_samples >= 0; got "
                          f"{seq_length}, {train_samples}, {valid_samples}")
     path = sft_source(cfg)
-    template = ChatTemplate(tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer))
+    template = ChatTemplate(tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer), cfg.system_prompt)
     store = ConversationStore(path, template, max_ids=seq_length + 1)
     if cfg.strict and store.report.bad_input():
         raise store.report.strict_error("data.strict=true", f"every line of {path} was read")
@@ -275,5 +392,5 @@ def build_sft_datasets(cfg: DataConfig, seq_length: int, train_samples: int, val
                 "conversations or widen that share (e.g. data.split='90,10,0'); to train without validation set "
                 "data.split='100,0,0' train.eval_interval=0")
         datasets.append(SFTDataset(store, first, last, wanted, seq_length, cfg.seed if cfg.seed is not None else seed,
-                                   index, template.pad))
+                                   index, template.pad, cfg.packing))
     return datasets[0], datasets[1]

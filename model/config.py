@@ -2,7 +2,7 @@
 
 The architecture half (SwiGLU, RMSNorm with the shape's eps, bias on Q/K/V only, GQA, head_dim, no dropout)
 comes from the shape; everything about parallelism, precision and recompute arrives as `runtime` keyword
-arguments built in one place (recipes.layout.megatron_runtime_kwargs) — this module never decides them.
+arguments built in one place (train.megatron_args.transformer_runtime_kwargs) — this module never decides them.
 
 Fusions: TE and apex provide fused kernels; without them megatron falls back to torch for everything except
 `gradient_accumulation_fusion` and `persist_layer_norm`. `gradient_accumulation_fusion` needs apex's

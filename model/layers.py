@@ -17,6 +17,15 @@ SDPACoreAttention
     token positions of megatron's load-balanced split (get_batch_on_this_cp_rank: CP rank r holds chunks r and
     2*CP-1-r of 2*CP). That is the all-gather-KV CP algorithm, O(s) memory per rank for K/V rather than TE's
     ring; everything around it (batch and RoPE slicing, loss and grad reduction) is megatron's own code.
+
+    Packed sequences (megatron's `thd` format, PackedSeqParams with cu_seqlens): several documents share one
+    row and none may see another. megatron squeezes the batch dimension away (q/k/v arrive as [t, heads, d],
+    t = every token of the micro-batch) and applies RoPE per document from cu_seqlens (rope_utils'
+    _apply_rotary_pos_emb_thd restarts the positions at each document; its RoPE ignores position_ids). This
+    module then runs causal SDPA on each document's slice [cu_seqlens[i], cu_seqlens[i+1]), which is the
+    computation the document would get alone: cost sum(len_i^2) instead of t^2. Packing under context
+    parallelism would need each document split into 2*CP chunks (TE does that); it is refused here, and the
+    recipe validator refuses the combination before anything is built.
 """
 from __future__ import annotations
 
@@ -80,11 +89,13 @@ class SDPACoreAttention(MegatronModule):
         attention_bias=None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        if packed_seq_params is not None or attention_bias is not None:
+        if attention_bias is not None:
             raise NotImplementedError(
-                "SDPACoreAttention supports neither packed sequences nor attention bias; "
-                "use the Transformer-Engine spec (model.transformer_impl=transformer_engine) for them"
+                "SDPACoreAttention does not support attention bias; "
+                "use the Transformer-Engine spec (model.transformer_impl=transformer_engine) for it"
             )
+        if packed_seq_params is not None:
+            return self._packed(query, key, value, packed_seq_params)
         seq_q, batch = query.shape[0], query.shape[1]
         cp_size = self.cp_group.size()
         mask = None  # True = may attend (SDPA convention)
@@ -98,6 +109,8 @@ class SDPACoreAttention(MegatronModule):
             mask = k_pos[None, :] <= q_pos[:, None]
         if attention_mask is not None:
             allowed = ~attention_mask.bool()
+            if cp_size > 1:  # the mask's keys are in sequence order, the gathered K/V in load-balanced order
+                allowed = allowed[..., k_pos]
             if mask is None:
                 causal = torch.ones(seq_q, key.shape[0], dtype=torch.bool, device=query.device).tril()
                 mask = causal
@@ -114,3 +127,27 @@ class SDPACoreAttention(MegatronModule):
             enable_gqa=k.shape[1] != q.shape[1],
         )
         return context.permute(2, 0, 1, 3).reshape(seq_q, batch, self.heads_per_rank * self.head_dim)
+
+    def _packed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, params) -> torch.Tensor:
+        """thd: q [t, heads, d], k/v [t, groups, d]; causal attention inside each cu_seqlens document."""
+        if params.qkv_format != "thd":
+            raise NotImplementedError(f"packed sequences in qkv_format {params.qkv_format!r}; only 'thd' is supported")
+        if self.cp_group.size() > 1:
+            raise NotImplementedError(
+                "packed sequences with context parallelism need the Transformer-Engine spec; "
+                "set parallel.cp=1 or data.packing=false"
+            )
+        bounds = params.cu_seqlens_q.tolist()
+        if bounds[0] != 0 or bounds[-1] != query.shape[0] or params.cu_seqlens_kv.tolist() != bounds:
+            raise ValueError(f"cu_seqlens {bounds} do not cover the {query.shape[0]} packed tokens (self-attention)")
+        outputs = []
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            q, k, v = (t[begin:end].transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # [1, h, len, d]
+            outputs.append(F.scaled_dot_product_attention(
+                q, k, v,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=True,
+                scale=self.softmax_scale,
+                enable_gqa=k.shape[1] != q.shape[1],
+            )[0].transpose(0, 1))
+        return torch.cat(outputs).reshape(query.shape[0], self.heads_per_rank * self.head_dim)

@@ -9,6 +9,12 @@ Loss: per-token mean over the whole global batch (TransformerConfig.calculate_pe
 returns (sum of token losses, token count); megatron sums gradients over micro-batches and data/context ranks
 and divides by the global token count in finalize_model_grads. With partial loss masks (FIM padding, SFT prompts)
 this is the true mean, unlike averaging micro-batch means.
+
+Packed sequences (data.packing, stage=sft): a row holds several conversations and its position ids restart at
+0 where each begins (data.sft). `pack_micro_batch` turns the micro-batch into megatron's `thd` format: the rows
+are concatenated into one sequence of micro x seq tokens ([1, t]), and cu_seqlens marks every position-0 token
+as a document start, so attention (model.layers.SDPACoreAttention on the local spec, TE's fused attention on
+GPUs) and RoPE restart per conversation; labels and loss_mask are flattened alike, so the loss is unchanged.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_batch_on_this_cp_rank
 
@@ -62,10 +69,34 @@ def to_model_device(batch: dict, model) -> dict:
             for key, value in batch.items()}
 
 
-def forward_step(data_iterator: Iterator[dict], model):
-    """Fetch one micro-batch, keep this context-parallel rank's share of it, run the model chunk."""
-    batch = get_batch_on_this_cp_rank(to_model_device(dict(next(data_iterator)), model))
-    per_token_loss = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+def pack_micro_batch(batch: dict) -> tuple[dict, PackedSeqParams]:
+    """The micro-batch as one `thd` sequence [1, micro x seq]; a document starts at every position id 0."""
+    flat = {key: value.reshape(1, -1) for key, value in batch.items()}
+    positions = flat["position_ids"][0]
+    if positions[0] != 0:
+        raise ValueError("a packed row must start a document (position id 0 first)")
+    starts = torch.nonzero(positions == 0).flatten()
+    cu_seqlens = torch.cat([starts, starts.new_tensor([positions.numel()])]).to(torch.int32)
+    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                             max_seqlen_q=longest, max_seqlen_kv=longest)
+    return flat, params
+
+
+def forward_step(data_iterator: Iterator[dict], model, packed: bool = False):
+    """Fetch one micro-batch, keep this context-parallel rank's share of it, run the model chunk.
+
+    packed: the rows hold several documents each (see the module docstring); refused with CP > 1 by the
+    recipe validator, so there is no context-parallel share to take.
+    """
+    batch = to_model_device(dict(next(data_iterator)), model)
+    params = None
+    if packed:
+        batch, params = pack_micro_batch(batch)
+    else:
+        batch = get_batch_on_this_cp_rank(batch)
+    per_token_loss = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"],
+                           packed_seq_params=params)
     return per_token_loss, partial(_loss_func, batch["loss_mask"])
 
 
@@ -74,6 +105,7 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, *, train_iters: Optional[int] = None):
         self.recipe = recipe
+        self.packed = recipe.stage.name == "sft" and recipe.data.packing
         parallel = recipe.parallel
         init_model_parallel(parallel.tp, parallel.pp, parallel.vpp, parallel.cp, seed=recipe.train.seed)
         self.shape = recipe.model_shape()
@@ -138,13 +170,16 @@ class Trainer:
     # ---- one step -----------------------------------------------------------------------------
     def _run_schedule(self, data_iterators: List[Iterator[dict]], num_microbatches: int, forward_only: bool):
         iterators = data_iterators if len(self.model) > 1 else data_iterators[0]
+        seq_length, micro_batch_size = self.recipe.train.seq_length, self.recipe.train.micro_batch_size
+        if self.packed:  # one [1, micro x seq] sequence flows between pipeline stages
+            seq_length, micro_batch_size = seq_length * micro_batch_size, 1
         return get_forward_backward_func()(
-            forward_step_func=forward_step,
+            forward_step_func=partial(forward_step, packed=self.packed),
             data_iterator=iterators,
             model=self.model,
             num_microbatches=num_microbatches,
-            seq_length=self.recipe.train.seq_length,
-            micro_batch_size=self.recipe.train.micro_batch_size,
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
             forward_only=forward_only,
         )
 
