@@ -222,13 +222,13 @@ def _synthetic_batches(vocab: int, seq: int, micro: int, count: int, seed: int):
     """Learnable token streams: x[t+1] = (5 x[t] + 3) mod 4096 with 10 % random tokens (loss falls fast)."""
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
+    generator, period = torch.Generator().manual_seed(seed), min(4096, vocab)
     out = []
     for _ in range(count):
         x = torch.empty(micro, seq + 1, dtype=torch.long)
-        x[:, 0] = torch.randint(0, 4096, (micro,), generator=generator)
+        x[:, 0] = torch.randint(0, period, (micro,), generator=generator)
         for t in range(seq):
-            x[:, t + 1] = (5 * x[:, t] + 3) % 4096
+            x[:, t + 1] = (5 * x[:, t] + 3) % period
         noise = torch.rand(micro, seq + 1, generator=generator) < 0.1
         x[noise] = torch.randint(0, vocab, (int(noise.sum()),), generator=generator)
         out.append(dict(tokens=x[:, :-1].contiguous(), labels=x[:, 1:].contiguous(), loss_mask=torch.ones(micro, seq),
@@ -429,21 +429,25 @@ def overlap_worker(out: Path) -> None:
         out.write_text(json.dumps(result))
 
 
+class Samples:
+    """16 samples of 64 tokens, distinct per index; module level so DALI's spawned workers can unpickle it."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        import numpy as np
+
+        tokens = (np.arange(65) * (index + 1)) % 1000
+        return {"tokens": tokens[:-1].astype(np.int64), "labels": tokens[1:].astype(np.int64),
+                "loss_mask": np.ones(64, np.float32), "position_ids": np.arange(64, dtype=np.int64)}
+
+
 def check_dali() -> dict:
-    import numpy as np
     import torch
 
     from data.config import DataConfig
     from data.loader import build_loader
-
-    class Samples:
-        def __len__(self):
-            return 16
-
-        def __getitem__(self, index):
-            tokens = (np.arange(65) * (index + 1)) % 1000
-            return {"tokens": tokens[:-1].astype(np.int64), "labels": tokens[1:].astype(np.int64),
-                    "loss_mask": np.ones(64, np.float32), "position_ids": np.arange(64, dtype=np.int64)}
 
     def batches(loader: str):
         config = dataclasses.replace(DataConfig(), loader=loader, num_workers=1)
