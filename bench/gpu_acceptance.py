@@ -97,8 +97,9 @@ def run_check(name: str, budget: int, scratch: Path) -> dict:
     seconds = time.perf_counter() - started
     if code == 0 and out.exists():
         result = json.loads(out.read_text())
-    else:
-        result = {"passed": False, "error": f"exit {code}" if code is not None else "timeout", "log": log}
+    else:  # figures a check saved before it crashed or ran out of time are kept
+        partial = json.loads(out.read_text()) if out.exists() else {}
+        result = {**partial, "passed": False, "error": f"exit {code}" if code is not None else "timeout", "log": log}
     result["seconds"] = round(seconds, 1)
     result["budget_s"] = budget
     return result
