@@ -17,12 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from recipes.compose import compose_config, to_recipe  # noqa: E402
-from train.distributed import init_process_group  # noqa: E402
+from recipes.compose import compose_config, to_recipe
+from train.distributed import init_process_group
 
 SEQ, VOCAB, SAMPLES, MICRO = 64, 1024, 4, 2
 

@@ -25,12 +25,10 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
 
-import torch  # noqa: E402
-
-from recipes.compose import compose_config, to_recipe  # noqa: E402
-from train.distributed import init_process_group  # noqa: E402
+from recipes.compose import compose_config, to_recipe
+from train.distributed import init_process_group
 
 STEPS, MICROBATCHES, SEQ, VOCAB, LAYERS = 3, 4, 64, 1024, 4
 # Adam divides by sqrt(v) + eps: with the usual 1e-8 its first step is ~lr * sign(g), so fp32 summation-order
