@@ -21,10 +21,11 @@ from data.tokenizer import EOD, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, IM_
 from evaluation.tasks import Problem, truncate
 
 END_IDS = frozenset(SPECIAL_TOKENS[t] for t in (EOD, FIM_PAD, IM_END))
-MAX_NEW_TOKENS = {False: 512, True: 64}  # humaneval / single-line fim
 
 
 def prompt_ids(tokenizer, problem: Problem) -> List[int]:
+    if problem.ids:
+        return list(problem.ids)
     if not problem.fim:
         return list(tokenizer.encode(problem.prompt))
     return [SPECIAL_TOKENS[FIM_PREFIX], *tokenizer.encode(problem.prompt), SPECIAL_TOKENS[FIM_SUFFIX],
@@ -60,8 +61,8 @@ class Completer:
     def __call__(self, task: str, problems: List[Problem]) -> Dict[str, str]:
         completions = {}
         for number, problem in enumerate(problems, 1):
-            limit = self.max_new_tokens or MAX_NEW_TOKENS[problem.fim]
-            new = greedy(self.next_token, self.tokenizer, prompt_ids(self.tokenizer, problem), problem.stops(),
+            limit = self.max_new_tokens or problem.max_new_tokens
+            new = greedy(self.next_token, self.tokenizer, prompt_ids(self.tokenizer, problem), problem.stops,
                          limit, self.max_length)
             self.tokens[problem.task_id] = new
             completions[problem.task_id] = self.tokenizer.decode(new)

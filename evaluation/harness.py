@@ -1,7 +1,8 @@
 """Scoring: completions (from a model, a file or the canonical solutions) -> executed programs -> rows + summary.
 
 One row per problem: task, task_id, prompt, completion, status (evaluation.sandbox), passed, and for
-humaneval_fim also reference and exact_match. Summary per task: problems, pass@1 (greedy: the share of
+the infilling tasks also suffix, reference and exact_match (fim_heldout has no tests: status "passed" or
+"mismatch" is its exact match). Summary per task: problems, pass@1 (greedy: the share of
 passing programs), exact_match for infilling, and the count of each status (timeouts and memory-limit
 stops are visible, not folded into "failed").
 """
@@ -12,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from evaluation.sandbox import Sandbox
+from evaluation.sandbox import Outcome, Sandbox
 from evaluation.tasks import Problem, truncate
 
 
@@ -38,15 +39,17 @@ def read_completions(path: Path) -> Dict[str, str]:
 def score(task: str, problems: List[Problem], completions: Dict[str, str], sandbox: Sandbox) -> List[dict]:
     """Rows for the problems that have a completion (cut at the task's stop sequences, then executed)."""
     chosen = [p for p in problems if p.task_id in completions]
-    cut = [truncate(completions[p.task_id], p.stops()) for p in chosen]
-    outcomes = sandbox.run_all([p.program(c) for p, c in zip(chosen, cut)])
+    cut = [truncate(completions[p.task_id], p.stops) for p in chosen]
+    executed = iter(sandbox.run_all([p.program(c) for p, c in zip(chosen, cut) if p.test]))
     rows = []
-    for problem, completion, outcome in zip(chosen, cut, outcomes):
+    for problem, completion in zip(chosen, cut):
+        exact = completion.strip() == problem.reference.strip()
+        # without tests (fim_heldout) the exact match is the verdict
+        outcome = next(executed) if problem.test else Outcome("passed" if exact else "mismatch")
         row = dict(task=task, task_id=problem.task_id, prompt=problem.prompt, completion=completion,
                    status=outcome.status, passed=outcome.passed)
         if problem.fim:
-            row.update(suffix=problem.suffix, reference=problem.reference,
-                       exact_match=completion.strip() == problem.reference.strip())
+            row.update(suffix=problem.suffix, reference=problem.reference, exact_match=exact)
         if not outcome.passed:
             row["output"] = outcome.output[-2000:]
         rows.append(row)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 # Codex (Chen et al. 2021): a function body ends at the next top-level def/class/if/print or comment.
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 FIM_STOPS = ("\n",)
+HELDOUT_DOCUMENTS = 100  # fim_heldout without --limit: the first 100 validation documents
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,13 @@ class Problem:
     test: str  # the problem's tests + the call of check(entry_point)
     suffix: str = ""  # fim only: the text after the masked line
     fim: bool = False
+    stops: Tuple[str, ...] = HUMANEVAL_STOPS
+    max_new_tokens: int = 512
+    ids: Tuple[int, ...] = ()  # the exact prompt ids, when they come from prepared data (fim_heldout)
 
     def program(self, completion: str) -> str:
         """The complete program to execute for `completion` (already cut at the stop sequences)."""
         return self.prompt + completion + self.suffix + "\n\n" + self.test
-
-    def stops(self):
-        return FIM_STOPS if self.fim else HUMANEVAL_STOPS
 
 
 def truncate(text: str, stops) -> str:
@@ -76,16 +77,28 @@ def humaneval_fim() -> List[Problem]:
             masked = line.rstrip("\n")
             problems.append(Problem(
                 f"{record['task_id']}/L{index}", record["prompt"] + "".join(lines[:index]), masked,
-                _test_code(record), suffix=line[len(masked):] + "".join(lines[index + 1:]), fim=True))
+                _test_code(record), suffix=line[len(masked):] + "".join(lines[index + 1:]), fim=True,
+                stops=FIM_STOPS, max_new_tokens=64))
     return problems
 
 
-TASKS = {"humaneval": humaneval, "humaneval_fim": humaneval_fim}
+TASKS = ("humaneval", "humaneval_fim", "fim_heldout")
 
 
-def load_tasks(names: List[str], limit: int = 0) -> Dict[str, List[Problem]]:
-    """Problems per task; `limit` keeps the first N of each (deterministic order)."""
+def load_tasks(names: List[str], limit: int = 0, data: str = "", split: str = "") -> Dict[str, List[Problem]]:
+    """Problems per task; `limit` keeps the first N of each (deterministic order). fim_heldout reads the
+    validation documents of `data` (a data/prepare.py prefix) under the training split string `split`."""
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(unknown)}: choose from {', '.join(TASKS)}")
-    return {name: TASKS[name]()[:limit or None] for name in names}
+    if "fim_heldout" in names and not data:
+        raise ValueError("fim_heldout needs --data PREFIX (the output prefix of data/prepare.py)")
+    tasks = {}
+    for name in names:
+        if name == "fim_heldout":
+            from evaluation.heldout import fim_heldout
+
+            tasks[name] = fim_heldout(data, split, limit or HELDOUT_DOCUMENTS)
+        else:
+            tasks[name] = (humaneval if name == "humaneval" else humaneval_fim)()[:limit or None]
+    return tasks

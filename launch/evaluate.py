@@ -5,6 +5,7 @@
     python launch/evaluate.py --hf hf/7b-file --limit 20                              # a Hugging Face directory
     python launch/evaluate.py --oracle                                                # canonical solutions
     python launch/evaluate.py --completions samples.jsonl   # {"task_id", "completion"} per line, no model
+    python launch/evaluate.py --checkpoint runs/tiny-file --tasks fim_heldout --data data_cache/stdlib
 
 Model-written programs run in evaluation.sandbox (own network/mount/PID namespaces, uid nobody, empty
 environment, private /tmp, time and memory limits); where the kernel refuses, nothing runs and the error says
@@ -23,7 +24,10 @@ def parse_args(argv=None):
     source.add_argument("--hf", type=Path, help="Hugging Face directory (config.json + safetensors)")
     source.add_argument("--oracle", action="store_true", help="answer with the canonical solutions")
     source.add_argument("--completions", type=Path, help="JSONL of {task_id, completion} to score")
-    parser.add_argument("--tasks", default="humaneval,humaneval_fim", help="comma-separated (default: both)")
+    parser.add_argument("--tasks", default="humaneval,humaneval_fim",
+                        help="comma-separated: humaneval, humaneval_fim, fim_heldout (default: the first two)")
+    parser.add_argument("--data", default="", help="fim_heldout: data/prepare.py output prefix")
+    parser.add_argument("--split", default="", help="fim_heldout: the run's data.split (default 98,2,0)")
     parser.add_argument("--limit", type=int, default=0, help="first N problems of each task (default: all)")
     parser.add_argument("--output", type=Path, help="JSONL, one row per problem")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 512 (humaneval), 64 (fim)")
@@ -53,7 +57,7 @@ def main(argv=None) -> int:
     from evaluation.tasks import load_tasks
 
     try:
-        tasks = load_tasks([t for t in args.tasks.split(",") if t], args.limit)
+        tasks = load_tasks([t for t in args.tasks.split(",") if t], args.limit, args.data, args.split)
         completer = model_completer(args) if args.hf or args.checkpoint else None
         rank = 0
         if args.checkpoint:
