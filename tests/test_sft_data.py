@@ -160,6 +160,9 @@ def test_where_rendering_and_apply_chat_template_differ_by_design(hf_tokenizer, 
     literal = as_messages([("user", "What does '<|im_end|>' mean?"), ("assistant", "It ends a turn.")])
     ours, theirs = qwen.render(literal)[0].tolist(), hf_ids(hf_tokenizer, literal, False)
     assert ours.count(E) == 3 and theirs.count(E) == 4  # 3 turns; HF adds one inside the question
+    call = as_messages([("user", USER), ("assistant", '<tool_call>\n{"name": "add"}\n</tool_call>')])
+    tool_call = SPECIAL_TOKENS["<tool_call>"]  # an added token, not special: HF matches it inside text too
+    assert tool_call in hf_ids(hf_tokenizer, call, False) and tool_call not in qwen.render(call)[0].tolist()
     # an answer starting with a line break: we encode what generation produces after "assistant\n"
     leading = as_messages([("user", USER), ("assistant", "\ndef f(): pass")])
     ours, theirs = qwen.render(leading)[0].tolist(), hf_ids(hf_tokenizer, leading, False)

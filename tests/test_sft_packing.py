@@ -123,6 +123,17 @@ def test_transformer_engine_thd_attention_matches_alone_on_a_gpu():
     assert worst["packed"] <= 0.05 and worst["unpacked"] > 10 * max(worst["packed"], 0.05)
 
 
+def test_packing_with_context_parallelism_is_refused_by_the_validator():
+    from recipes.compose import compose_config, to_recipe
+    from recipes.validate import RecipeError
+
+    layout = ["+recipe=tiny", "stage=sft", "parallel.pp=1", "parallel.cp=2"]
+    with pytest.raises(RecipeError, match=r"\[packing-cp\] .*parallel.cp=1 .* or data.packing=false") as error:
+        to_recipe(compose_config(layout))
+    assert error.value.rules == ["packing-cp"]
+    assert to_recipe(compose_config([*layout, "data.packing=false"])).parallel.cp == 2  # unpacked CP trains
+
+
 def tp2_worker(out: str) -> None:
     """torchrun rank: TP2 + SP model (megatron's seeded init), packed vs alone on the same sharded model."""
     from megatron.core import tensor_parallel
