@@ -4,9 +4,10 @@
     python launch/k8s.py +recipe=32b train.train_iters=1000 --image IMG --host-path /mnt/lustre/runs \
         --wandb-secret wandb --rdma rdma/ib=1 --nccl-socket-ifname eth0 -o job.yaml
 
-Hydra overrides are the same ones launch/pretrain.py takes; options and overrides mix in any order. The recipe is composed and validated on its own world
-size (run.nodes x run.gpus_per_node) before anything is written; the manifest is then checked against the CRD
-schema (when --crd is given or shared/k8s/ is found) and the operator's webhook rules. Exit status 1 and a message
+Hydra overrides are the same ones launch/pretrain.py takes; options and overrides mix in any order. The recipe is
+composed and validated on its own world size (run.nodes x run.gpus_per_node) before anything is written; the
+manifest is then checked against the CRD schema (when --crd is given or shared/k8s/ is found) and the operator's
+webhook rules. Exit status 1 and a message
 on any error. Details and the reasons behind each field: deploy/k8s.py.
 """
 import argparse
