@@ -1,8 +1,8 @@
 """Greedy decoding for evaluation, from a megatron checkpoint (any TP/PP layout, one process or torchrun) or a
 Hugging Face directory (transformers). Both run the same loop (`greedy`): a full forward over the sequence
 per new token, argmax of the last position, stop at end-of-text/FIM-pad ids or when the decoded text holds a
-stop sequence. No KV cache: O(n^2) in the generated length, which is fine for HumanEval's short functions
-(~150 tokens on average) and keeps one code path whose tokens are comparable between the two back ends.
+stop sequence. No KV cache: O(n^2) in the generated length, acceptable for function bodies of a few dozen lines,
+and one code path whose tokens are comparable between the two back ends.
 
 Megatron: the model is built by train.trainer.Trainer (the training run's own recipe -> megatron path) from
 the recipe the checkpoint stores, at TP x PP = the world size (one process: TP1/PP1; torch_dist reshards on
@@ -56,7 +56,6 @@ class Completer:
         self.next_token, self.max_length = next_token, max_length
         self.max_new_tokens, self.log = max_new_tokens, log
         self.tokenizer = load_tokenizer("qwen2.5")
-        self.tokens: Dict[str, List[int]] = {}  # task_id -> generated ids (tests compare back ends on them)
 
     def __call__(self, task: str, problems: List[Problem]) -> Dict[str, str]:
         completions = {}
@@ -64,7 +63,6 @@ class Completer:
             limit = self.max_new_tokens or problem.max_new_tokens
             new = greedy(self.next_token, self.tokenizer, prompt_ids(self.tokenizer, problem), problem.stops,
                          limit, self.max_length)
-            self.tokens[problem.task_id] = new
             completions[problem.task_id] = self.tokenizer.decode(new)
             if number % 20 == 0 or number == len(problems):
                 self.log(f"{task}: generated {number}/{len(problems)}")
@@ -75,6 +73,9 @@ class Completer:
 def hf_next_token(directory: Path) -> tuple[Callable[[List[int]], int], int]:
     from transformers import AutoModelForCausalLM
 
+    if not (Path(directory) / "config.json").is_file():
+        raise ValueError(f"{directory} is not a Hugging Face model directory (no config.json); a megatron "
+                         "checkpoint is evaluated with --checkpoint")
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
 
     @torch.no_grad()

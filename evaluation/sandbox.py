@@ -72,7 +72,7 @@ class Sandbox:
         self.limits, self.unsafe = limits, unsafe
         self.workers = workers or os.cpu_count() or 1
         home = Path.home()
-        self.hide = sorted({str(Path(p).resolve()) for p in [*hide, home]})
+        self.hide = sorted({str(Path(p).resolve()) for p in [*hide, home]} - {"/"})  # "/" holds the interpreter
         if not unsafe:
             self.probe()
 

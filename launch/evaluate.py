@@ -43,11 +43,18 @@ def model_completer(args):
     from evaluation.generate import Completer, hf_next_token, megatron_next_token
 
     if args.hf:
-        return Completer(*hf_next_token(args.hf), args.max_new_tokens, log=print)
+        return Completer(*hf_next_token(args.hf), args.max_new_tokens, log=print), 0
+    import torch
+
+    from train.checkpoint import CheckpointError
     from train.distributed import init_process_group
 
     init_process_group()
-    return Completer(*megatron_next_token(args.checkpoint), args.max_new_tokens, log=print)
+    try:
+        completer = Completer(*megatron_next_token(args.checkpoint), args.max_new_tokens, log=print)
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
+    return completer, torch.distributed.get_rank()
 
 
 def main(argv=None) -> int:
@@ -58,20 +65,16 @@ def main(argv=None) -> int:
 
     try:
         tasks = load_tasks([t for t in args.tasks.split(",") if t], args.limit, args.data, args.split)
-        completer = model_completer(args) if args.hf or args.checkpoint else None
-        rank = 0
-        if args.checkpoint:
-            import torch
-
-            rank = torch.distributed.get_rank()
+        if args.unsafe_no_sandbox:
+            print("WARNING: --unsafe-no-sandbox: model-written code runs with your network and files", flush=True)
+        hide = [p for p in (args.checkpoint, args.hf, args.output and args.output.parent) if p]
+        # probed on every rank before the model is built: a refusal stops all ranks alike
+        sandbox = Sandbox(Limits(args.timeout, args.memory_mb), hide, args.workers, args.unsafe_no_sandbox)
+        completer, rank = model_completer(args) if args.hf or args.checkpoint else (None, 0)
         if rank != 0:  # every rank takes part in each forward pass; rank 0 scores
             for task, problems in tasks.items():
                 completer(task, problems)
             return 0
-        if args.unsafe_no_sandbox:
-            print("WARNING: --unsafe-no-sandbox: model-written code runs with your network and files", flush=True)
-        hide = [p for p in (args.checkpoint, args.hf, args.output and args.output.parent) if p]
-        sandbox = Sandbox(Limits(args.timeout, args.memory_mb), hide, args.workers, args.unsafe_no_sandbox)
         if args.oracle:
             complete = lambda task, problems: {p.task_id: p.reference for p in problems}  # noqa: E731
         elif args.completions:

@@ -3,11 +3,11 @@
 One CLI run scores seven HumanEval/0 .. /6 completions; each bad one does its harm and otherwise computes the
 canonical answer, so it would PASS if the sandbox let the harm through (the controls below show that for the
 network, the environment and the hidden directory by running the same code without the isolation):
-  wrong answer -> failed; infinite loop -> timeout after --timeout; memory bomb (a list growing by 1 MB)
+  wrong answer -> failed; infinite loop -> timeout after --timeout; memory bomb (a list growing by 64 MiB)
   -> memory_limit, and the evaluator goes on scoring; TCP connect to a listener on the host's 127.0.0.1 ->
   failed, the listener sees no connection; WANDB_API_KEY set for the evaluator -> invisible; writes into the
   repository (read-only) and into /tmp (private) -> nothing on the host.
-Cost ~15 s on 2 cores (the loop waits out its 3 s limit).
+Cost ~15 s on 2 cores (the loop waits out its 5 s limit).
 """
 from __future__ import annotations
 
@@ -58,13 +58,13 @@ def bad_programs(port: int, repo_file: Path, tmp_file: Path) -> dict:
     harms = {
         "wrong": ("    return 'not the answer'\n", "failed"),
         "loop": ("    while True:\n        pass\n", "timeout"),
-        "memory": ("    hog = []\n    while True:\n        hog.append(bytearray(2**20))\n", "memory_limit"),
+        "memory": ("    hog = []\n    while True:\n        hog.append(bytearray(64 * 2**20))\n", "memory_limit"),
         "network": (f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=3).close()\n",
                     "failed"),
         "secret": (f"    import os\n    assert os.environ.get('WANDB_API_KEY') == '{SECRET}'\n", "failed"),
         "repo_write": (f"    open({str(repo_file)!r}, 'w').write('x')\n", "failed"),
-        "tmp_write": (f"    open({str(tmp_file)!r}, 'w').write('x')\n    assert open({str(tmp_file)!r}).read() == 'x'\n",
-                      "passed"),
+        "tmp_write": (f"    open({str(tmp_file)!r}, 'w').write('x')\n"
+                      f"    assert open({str(tmp_file)!r}).read() == 'x'\n", "passed"),
     }
     return {name: (p.task_id, body + p.reference, status) for (name, (body, status)), p in zip(harms.items(), problems)}
 
@@ -78,7 +78,7 @@ def scored(tmp_path_factory, listener):
     samples.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c, _ in cases.values()))
     env = dict(os.environ, WANDB_API_KEY=SECRET, OMP_NUM_THREADS="1")
     completed = subprocess.run([sys.executable, "launch/evaluate.py", "--completions", str(samples), "--tasks",
-                                "humaneval", "--timeout", "3", "--memory-mb", "512", "--output",
+                                "humaneval", "--timeout", "5", "--memory-mb", "256", "--output",
                                 str(work / "rows.jsonl")], cwd=REPO, env=env, capture_output=True, text=True,
                                timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -1,0 +1,93 @@
+"""End to end: the tiny model of README's first command, trained here for 3 steps at its TP2 layout on stdlib
+code, evaluated on humaneval, humaneval_fim and fim_heldout (the 2 validation documents of its data under
+split 60,40,0) (first 2 problems each, up to 12 new tokens; any score):
+- through the megatron checkpoint at TP2 (torchrun, 2 ranks: vocabulary-parallel logits gathered over TP),
+- through its Hugging Face export (launch/convert.py export -> transformers, one process);
+the completions must be identical, and equal transformers' own `generate` (greedy) on the same prompts, cut
+at the same stop sequences: an independent decoding loop. The run directory's metrics.jsonl gets the summary
+at the checkpoint's step. Cost ~2 min on 2 cores (training ~50 s, TP2 evaluation ~40 s, export + HF ~25 s).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evaluation.generate import END_IDS, prompt_ids
+from evaluation.tasks import load_tasks, truncate
+from tests.run_helpers import FAST, environment, prepare_code_dataset, run_pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL = ["--limit", "2", "--max-new-tokens", "12", "--tasks", "humaneval,humaneval_fim,fim_heldout", "--split",
+        "60,40,0"]
+
+
+def run(command, timeout=600):
+    completed = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True,
+                               timeout=timeout)
+    assert completed.returncode == 0, f"{command}\n{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
+    return completed
+
+
+def rows(path: Path) -> dict:
+    return {r["task_id"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    work = tmp_path_factory.mktemp("eval-models")
+    prefix = prepare_code_dataset(work, packages=("json",))
+    run_dir = work / "run"
+    trained = run_pretrain(2, ["+recipe=tiny", *FAST, f"data.sources=[{{name: code, prefix: {prefix}, weight: 1.0}}]",
+                               "train.train_iters=3", "train.eval_interval=0", "checkpoint.save_interval=3",
+                               f"run.dir={run_dir}", "logging.plots=false", "data.split='60,40,0'"])
+    assert trained.returncode == 0, trained.stderr[-5000:]
+    evaluate = [*EVAL, "--data", str(prefix)]
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "launch/evaluate.py", "--checkpoint", str(run_dir), *evaluate, "--output", str(work / "tp2.jsonl")])
+    run([sys.executable, "launch/convert.py", "export", "--mcore", str(run_dir), "--out", str(work / "hf"),
+         "--tokenizer", "none"])
+    run([sys.executable, "launch/evaluate.py", "--hf", str(work / "hf"), *evaluate, "--output", str(work / "hf.jsonl")])
+    return work, rows(work / "tp2.jsonl"), rows(work / "hf.jsonl")
+
+
+def test_megatron_tp2_and_hf_export_give_identical_completions(evaluated):
+    _, tp2, hf = evaluated
+    assert list(tp2) == list(hf) == ["HumanEval/0", "HumanEval/1", "HumanEval/0/L0", "HumanEval/0/L1",
+                                     "fim_heldout/3", "fim_heldout/4"]
+    for task_id in tp2:
+        assert tp2[task_id]["completion"] == hf[task_id]["completion"], task_id
+        assert tp2[task_id]["completion"], task_id  # something was generated
+        assert tp2[task_id]["status"] in ("passed", "failed", "timeout", "memory_limit", "killed", "mismatch")
+        assert isinstance(tp2[task_id]["passed"], bool) and tp2[task_id]["prompt"]
+    assert all("exact_match" in tp2[t] for t in ("HumanEval/0/L0", "HumanEval/0/L1", "fim_heldout/3"))
+
+
+def test_completions_equal_transformers_generate(evaluated):
+    from transformers import AutoModelForCausalLM
+
+    from data.tokenizer import load_tokenizer
+
+    work, tp2, _ = evaluated
+    tokenizer = load_tokenizer("qwen2.5")
+    model = AutoModelForCausalLM.from_pretrained(str(work / "hf"), dtype=torch.float32).eval()
+    prefix = str(work / "stdlib_subset")
+    for problems in load_tasks(["humaneval", "humaneval_fim", "fim_heldout"], 2, prefix, "60,40,0").values():
+        for problem in problems:
+            ids = torch.tensor([prompt_ids(tokenizer, problem)])
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                 eos_token_id=sorted(END_IDS), pad_token_id=min(END_IDS))
+            new = [t for t in out[0, ids.shape[1]:].tolist() if t not in END_IDS]
+            assert truncate(tokenizer.decode(new), problem.stops) == tp2[problem.task_id]["completion"]
+
+
+def test_summary_lands_in_the_run_metrics(evaluated):
+    work, _, _ = evaluated
+    records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    evaluation = [r for r in records if "eval/humaneval/pass@1" in r]
+    assert len(evaluation) == 1 and evaluation[0]["step"] == 3
+    assert {"eval/humaneval_fim/pass@1", "eval/humaneval_fim/exact_match"} <= set(evaluation[0])
