@@ -60,6 +60,7 @@ def model_completer(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from evaluation.harness import CompletionsError, evaluate, read_completions, table
+    from evaluation.run_log import log_summaries, run_dir_of
     from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
     from evaluation.tasks import load_tasks
 
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
         tasks = load_tasks([t for t in args.tasks.split(",") if t], args.limit, args.data, args.split)
         if args.unsafe_no_sandbox:
             print("WARNING: --unsafe-no-sandbox: model-written code runs with your network and files", flush=True)
-        hide = [p for p in (args.checkpoint, args.hf, args.output and args.output.parent) if p]
+        run_dir = args.checkpoint and run_dir_of(args.checkpoint)  # hidden even when a step dir is named
+        hide = [p for p in (args.checkpoint, run_dir, args.hf, args.output and args.output.parent) if p]
         # probed on every rank before the model is built: a refusal stops all ranks alike
         sandbox = Sandbox(Limits(args.timeout, args.memory_mb), hide, args.workers, args.unsafe_no_sandbox)
         completer, rank = model_completer(args) if args.hf or args.checkpoint else (None, 0)
@@ -88,8 +90,6 @@ def main(argv=None) -> int:
         return 2
     print(table(summaries))
     if args.checkpoint:
-        from evaluation.run_log import log_summaries
-
         log_summaries(args.checkpoint, summaries)
     print(json.dumps(summaries))
     return 0
