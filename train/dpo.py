@@ -119,7 +119,9 @@ def rows_of(batch: dict) -> dict:
 
 def forward_step(settings: DPOSettings, data_iterator: Iterator[dict], model, reference_pass: bool = False):
     """One micro-batch of pairs through a model chunk; the loss function for the last stage."""
-    batch = dict(next(data_iterator))
+    from train.trainer import to_model_device  # train.trainer imports this module
+
+    batch = to_model_device(dict(next(data_iterator)), model)
     rows = get_batch_on_this_cp_rank(rows_of(batch))
     per_token_loss = model(rows["tokens"], rows["position_ids"], None, labels=rows["labels"])
     if reference_pass:

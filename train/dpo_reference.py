@@ -16,8 +16,9 @@ a killed pass resumes after the last save. The file records what it was computed
 (ReferenceMismatch, naming what differs) when the run's pairs or starting weights are not those:
 - data: sha256 of the rendered rows (data.preference.PairStore.digest: file, tokenizer, system prompt,
   seq_length and truncation all change it);
-- weights: checkpoint.load's files (relative path, size, sha256 of the first and last MiB of each file, all of a
-  file under 2 MiB), or for a run from a fresh init the shape and seed; plus precision.dtype.
+- weights: the files of the checkpoint that checkpoint.load names (relative path, size, sha256 of the first and
+  last MiB of each file, all of a file under 2 MiB), or for a run from a fresh init the shape and seed; plus
+  precision.dtype.
 A run that already trained (a checkpoint in the run dir) but has no complete reference is refused: the
 starting policy is gone.
 """
@@ -37,6 +38,7 @@ from megatron.core import parallel_state
 from data.loader import build_loader
 from data.preference import EveryPair, PairStore
 from recipes.schema import Recipe
+from train.checkpoint import resolve_checkpoint
 
 log = logging.getLogger("train")
 FILE_NAME = "reference_logps.pt"
@@ -67,7 +69,7 @@ def weights_fingerprint(recipe: Recipe) -> str:
     if not recipe.checkpoint.load:
         digest.update(f"fresh init {recipe.model_shape()} seed {recipe.train.seed}".encode())
         return digest.hexdigest()
-    root = Path(recipe.checkpoint.load)
+    root = resolve_checkpoint(recipe.checkpoint.load)  # a run dir means its newest checkpoint, as train.loop loads
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(f"{path.relative_to(root)} {path.stat().st_size} {_file_digest(path)}\n".encode())
     return digest.hexdigest()
@@ -131,7 +133,10 @@ def _compute(trainer, recipe: Recipe, store: PairStore, path: Path, fingerprint:
             index = rows[:, 0].long()
             sums.index_add_(0, index, torch.cat([rows[:, 1:], torch.ones(len(rows), 1, dtype=torch.float64)], 1))
         if number % REFERENCE_SAVE_EVERY == 0 or start + number * batch >= total:
-            torch.distributed.all_reduce(sums)  # every reporting rank (TP/CP peers, DP shares) adds its rows
+            device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"  # NCCL: GPU tensors
+            reduced = sums.to(device)
+            torch.distributed.all_reduce(reduced)  # every reporting rank (TP/CP peers, DP shares) adds its rows
+            sums = reduced.cpu()
             seen = sums[:, 2] > 0
             values[seen] = sums[seen, :2] / sums[seen, 2:]
             done |= seen
