@@ -73,7 +73,7 @@ from model.build import build_gpt_model
 from model.config import transformer_config
 from model.shapes import ModelShape, YarnScaling
 from recipes.schema import ModelConfig, Recipe
-from train.checkpoint import CheckpointError, load_weights, save_weights
+from train.checkpoint import load_weights, resolve_checkpoint, save_weights
 from train.distributed import init_model_parallel, init_process_group
 
 log = logging.getLogger("convert")
@@ -232,23 +232,13 @@ def import_hf(hf_dir, out_dir, recipe: Optional[Recipe] = None, allow_differing:
 
 # ---------------------------------------------------------------------------------------------- export
 def resolve_checkpoint_dir(path) -> Path:
-    """A dist checkpoint directory; a run dir or its checkpoints/ folder resolves through `latest`."""
+    """train.checkpoint's resolution (a step directory, or a run's newest through `latest`); a Hugging Face
+    directory gets the converter's hint instead."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path} does not exist or is not a directory")
-    for pointer in (path / "latest", path / "checkpoints" / "latest"):
-        if pointer.is_file():
-            step = pointer.parent / pointer.read_text().strip()
-            log.info("%s names %s", pointer, step)
-            return step
-    if (path / "metadata.json").is_file():
-        return path
-    if (path / CONFIG).is_file():
+    if (path / CONFIG).is_file() and not (path / "metadata.json").is_file():
         raise ConversionError(f"{path} is a Hugging Face checkpoint (config.json), not a megatron one: "
                               "use `convert.py import` to convert it")
-    raise CheckpointError(f"{path} is not a megatron distributed checkpoint (no metadata.json, no `latest` "
-                          "pointer): pass a directory written by `convert.py import` or a run's "
-                          "checkpoints/step_* directory")
+    return resolve_checkpoint(path)
 
 
 @dataclass

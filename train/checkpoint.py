@@ -234,7 +234,7 @@ def resolve_checkpoint(path) -> Path:
             if (path / "config.json").is_file() else
             "; a run directory has none until its first save, and Hugging Face weights need "
             "`launch/convert.py import` first")
-    raise CheckpointError(f"{path} is not a megatron checkpoint: found none of {looked_for}{hint}")
+    raise CheckpointError(f"{path} is not a megatron distributed checkpoint: found none of {looked_for}{hint}")
 
 
 def load_weights(model_chunks, directory: Path) -> None:
