@@ -13,6 +13,8 @@ self_attention.linear_qkv.layer_norm_weight and pre_mlp_layernorm into mlp.linea
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Optional
 
 import torch
@@ -37,13 +39,22 @@ def transformer_engine_error() -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _say_local_spec(reason: str) -> None:
+    """Once per process (rank 0's line reaches the console); replaces megatron's TE/apex fallback warnings."""
+    logging.getLogger("model").info("local spec (%s): megatron's local layers with model.layers RMSNorm and SDPA "
+                                    "attention; no fused TE kernels, no FP8", reason)
+
+
 def resolve_transformer_impl(requested: str) -> str:
     """Map "auto" to what this machine supports; refuse TE where it cannot run, naming the reason."""
     if requested not in TRANSFORMER_IMPLS:
         raise ValueError(f"model.transformer_impl={requested!r}; choose one of {TRANSFORMER_IMPLS}")
     te_error = transformer_engine_error()
     if requested == "auto":
-        return "local" if te_error else "transformer_engine"
+        requested = "local" if te_error else "transformer_engine"
+        if te_error:
+            _say_local_spec(f"Transformer Engine unavailable: {te_error}")
     if requested == "transformer_engine" and te_error:
         raise RuntimeError(
             f"model.transformer_impl=transformer_engine but {te_error}; install transformer-engine on a GPU "
