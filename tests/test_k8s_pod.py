@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from deploy import k8s
-from tests.run_helpers import FAST, REPO, prepare_code_dataset, train_losses, wait_for
+from tests.run_helpers import FAST, REPO, kill_group, prepare_code_dataset, train_losses, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +60,6 @@ def start_pod(manifest: dict, replica: str, node_rank: int, port: int, log: Path
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def kill_pod(launcher: subprocess.Popen) -> None:
-    """SIGKILL torchrun and its workers, as a pod's end kills every process in it (torchrun starts each worker
-    in its own session, so killing torchrun's process group alone would leave them running)."""
-    def descendants(pid: int) -> list[int]:
-        try:
-            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            return []
-        return [d for child in children for d in (child, *descendants(child))]
-
-    pids = [launcher.pid, *descendants(launcher.pid)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    launcher.wait(timeout=60)
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids[1:]), 60, "the pod's processes to end")
-
-
 def run_dir(manifest: dict) -> Path:
     return Path(next(a for a in k8s.pod_command(manifest) if a.startswith("run.dir=")).split("=", 1)[1])
 
@@ -96,7 +75,7 @@ def test_one_node_pod_trains_and_a_restarted_pod_resumes(tmp_path, dataset):
         wait_for(lambda: (runs / "checkpoints" / "latest").exists() or first.poll() is not None, 600,
                  "the first checkpoint")
     finally:
-        kill_pod(first)  # the pod is killed (node drain, preemption): SIGKILL to every process in it
+        kill_group(first)  # the pod is killed (node drain, preemption): SIGKILL to every process in it
     assert 12 not in train_losses(runs), "the first start finished before it could be killed"
     saved = (runs / "checkpoints" / "latest").read_text().strip()
     saved_step = int(saved.split("_")[1])
@@ -127,7 +106,7 @@ def test_two_node_job_trains_as_one_world(tmp_path, dataset):
     finally:
         for pod in pods:
             if pod.poll() is None:
-                kill_pod(pod)
+                kill_group(pod)
     assert codes == [0, 0], (tmp_path / "master.log").read_text()[-3000:] + (tmp_path / "worker.log").read_text()[-3000:]
     runs = run_dir(manifest)
     assert sorted(p.name for p in (runs / "logs").glob("rank*.log")) == [f"rank{r}.log" for r in range(4)]
