@@ -65,7 +65,8 @@ class DataConfig:
     mid_level_dataset_surplus: float = 0.005
     """Extra samples built per source so the blend never oversamples one (megatron's default)."""
     eod_mask_loss: bool = False
-    """Mask the loss on <|endoftext|> labels."""
+    """megatron's switch: zero the loss where the INPUT token is <|endoftext|>, i.e. the prediction of the token
+    after each document end (the next document's first token); predicting <|endoftext|> itself keeps its loss."""
     reset_position_ids: bool = False
     """Restart position ids at each document (megatron's RoPE ignores them; see docs/megatron-quirks.md)."""
     loader: str = "torch"

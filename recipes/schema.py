@@ -136,6 +136,9 @@ class CheckpointConfig:
     reshardable_optimizer: bool = False
     """Save the distributed optimizer so any TP/PP/CP layout can resume it (all-gathers over DP at each save);
     False writes per-rank shards with no communication, resumable at another DP size only."""
+    allow_data_order_change: bool = False
+    """Resume even though the data order differs from the checkpoint's (train_iters x global batch, seeds,
+    sources, split, sequence length, FIM): samples already trained on may be seen again and others skipped."""
 
 
 @dataclass

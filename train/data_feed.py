@@ -7,29 +7,50 @@ Samples are addressed by index: global batch b holds samples [b*G, (b+1)*G), so 
 count continues with exactly the samples an uninterrupted run would have seen, for any DP size.
 The stage picks the datasets: file/repo blend the prepared .bin/.idx sources (data.datasets), sft reads ChatML
 conversations from one JSONL file (data.sft); both yield the same sample fields, so the loaders are shared.
+Validation: every evaluation reads the same first `eval_iters` global batches of the validation split, so
+validation losses compare across steps and are the same batches before and after a resume.
 """
 from __future__ import annotations
 
-from typing import Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 from megatron.core import parallel_state
 
-from data.datasets import build_pretrain_datasets
+from data.datasets import build_pretrain_datasets, summarize_source
 from data.loader import build_loader
-from data.sft import build_sft_datasets
+from data.preference import build_preference_datasets, pairs_source
+from data.sft import build_sft_datasets, sft_source
 from data.tokenizer import load_tokenizer
 from recipes.schema import Recipe
 
-DATASET_BUILDERS = {"file": build_pretrain_datasets, "repo": build_pretrain_datasets, "sft": build_sft_datasets}
+DATASET_BUILDERS = {"file": build_pretrain_datasets, "repo": build_pretrain_datasets, "sft": build_sft_datasets,
+                    "dpo": build_preference_datasets}
+
+
+def check_sources(recipe: Recipe) -> None:
+    """Raise DataValidationError for a missing or unreadable source, in well under a second (.idx headers for
+    file/repo, the JSONL path for sft/dpo): train.loop runs it before the model build, which takes minutes at
+    32B. The dataset builders check the rest (empty splits, bad lines) when they run."""
+    data = recipe.data
+    if recipe.stage.name == "sft":
+        sft_source(data)
+    elif recipe.stage.name == "dpo":
+        pairs_source(data)
+    else:
+        vocab_size = recipe.model_shape().vocab_size
+        for source in data.sources:
+            summarize_source(source.name, source.prefix, data.split, vocab_size)
 
 
 class DataFeed:
-    def __init__(self, recipe: Recipe, num_chunks: int, consumed_samples: int):
+    def __init__(self, recipe: Recipe, num_chunks: int, consumed_samples: int,
+                 prepare: Optional[Callable] = None):
+        """prepare(train_ds): runs after the datasets are built, before any loader reads (DPO's reference pass
+        attaches its log-probs to the pairs there, before loader workers copy the dataset)."""
         train = recipe.train
         self.num_chunks = num_chunks
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
-        evaluations = train.train_iters // train.eval_interval + 1 if train.eval_interval else 0
         if recipe.stage.name not in DATASET_BUILDERS:
             raise NotImplementedError(
                 f"stage={recipe.stage.name}: no dataset for it yet (have {sorted(DATASET_BUILDERS)})")
@@ -37,13 +58,15 @@ class DataFeed:
             recipe.data,
             seq_length=train.seq_length,
             train_samples=train.train_iters * train.global_batch_size,
-            valid_samples=evaluations * train.eval_iters * train.global_batch_size,
+            valid_samples=train.eval_iters * train.global_batch_size if train.eval_interval else 0,
             seed=train.seed,
             tokenizer=load_tokenizer(recipe.data.tokenizer),
         )
+        if prepare is not None:
+            prepare(train_ds)
         self.has_validation = valid_ds is not None and train.eval_iters > 0
+        self._recipe, self._valid_ds = recipe, valid_ds
         self._train = [self._loader(recipe, train_ds, consumed_samples) for _ in range(num_chunks)]
-        self._valid = [self._endless(recipe, valid_ds) for _ in range(num_chunks)] if self.has_validation else []
 
     def _loader(self, recipe: Recipe, dataset, consumed_samples: int) -> Iterator[dict]:
         return iter(build_loader(
@@ -56,13 +79,9 @@ class DataFeed:
             config=recipe.data,
         ))
 
-    def _endless(self, recipe: Recipe, dataset) -> Iterator[dict]:
-        """Validation batches forever: re-reads the split instead of caching it (itertools.cycle would)."""
-        while True:
-            yield from self._loader(recipe, dataset, 0)
-
     def train_iterators(self) -> List[Iterator[dict]]:
         return self._train
 
     def valid_iterators(self) -> List[Iterator[dict]]:
-        return self._valid
+        """Fresh iterators from the start of the validation split (the same batches at every evaluation)."""
+        return [self._loader(self._recipe, self._valid_ds, 0) for _ in range(self.num_chunks)]

@@ -1,7 +1,8 @@
 """The training run: validate the recipe, build the trainer, resume, iterate, evaluate, save, log.
 
-Order on start: process group -> layout validation against the real world size (fails in seconds, not after
-a 30-minute model build) -> Trainer (model, optimizer, schedule) -> resume from RUN_DIR/checkpoints, else
+Order on start: layout validation against torchrun's world size, the `checkpoint.load` path and the data
+sources (each fails in seconds, on every rank alike, before the process group and long before a 30-minute model
+build) -> process group -> Trainer (model, optimizer, schedule) -> resume from RUN_DIR/checkpoints, else
 initial weights from `checkpoint.load`, else fresh init -> data positioned at the consumed-sample count.
 A step that yields a NaN/Inf loss or gradient norm stops the run before the update is applied; the last
 complete checkpoint stays the resume point (no save happens on that path).
@@ -9,14 +10,17 @@ complete checkpoint stays the resume point (no save happens on that path).
 from __future__ import annotations
 
 import logging
+import os
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from recipes.schema import Recipe
 from recipes.validate import validate
-from train.checkpoint import CheckpointManager, TrainingState, load_weights
-from train.data_feed import DataFeed
+from train.checkpoint import CheckpointManager, TrainingState, latest_checkpoint, load_weights, resolve_checkpoint
+from train.data_feed import DataFeed, check_sources
+from train.dpo_reference import attach_reference
 from train.distributed import init_process_group
 from train.metrics import MetricsLogger
 from train.trainer import Trainer
@@ -38,15 +42,17 @@ def _setup_logging(run_dir: Path) -> None:
 
 def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     """Train `recipe` to train.train_iters; returns the training records logged at each log interval."""
-    if recipe.stage.name == "dpo":
-        raise NotImplementedError(
-            "stage=dpo: the preference dataset and the DPO loss are not implemented yet; "
-            "launch/plan.py sizes this recipe, launch/pretrain.py trains stage=file, repo or sft"
-        )
-    init_process_group()
-    world_size = torch.distributed.get_world_size()
+    # What a user can get wrong fails in seconds, on every rank alike, before the process group exists (so
+    # no rank is left waiting in it) and long before a model build that takes minutes at 32B.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's (1 when run as a plain process)
     validate(recipe, world_size)
     run_dir = Path(recipe.run.dir)
+    initial_weights = None
+    if recipe.checkpoint.load and latest_checkpoint(run_dir / "checkpoints") is None:  # no resume: load
+        initial_weights = resolve_checkpoint(recipe.checkpoint.load)
+    check_sources(recipe)
+    init_process_group()
+    assert torch.distributed.get_world_size() == world_size
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir)
 
@@ -55,15 +61,17 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
                                     reshardable_optimizer=recipe.checkpoint.reshardable_optimizer)
     state = checkpoints.resume(trainer)
     if state is not None:
-        log.info("resumed from %s at step %d", checkpoints.candidates()[0], state.step)
+        log.info("resumed from %s at step %d", checkpoints.resumed_from, state.step)
     else:
         state = TrainingState()
-        if recipe.checkpoint.load:
-            load_weights(trainer.model, Path(recipe.checkpoint.load))
+        if initial_weights is not None:
+            load_weights(trainer.model, initial_weights)
             trainer.optimizer.reload_model_params()
-            log.info("initial weights from %s", recipe.checkpoint.load)
+            log.info("initial weights from %s", initial_weights)
 
-    feed = DataFeed(recipe, num_chunks=len(trainer.model), consumed_samples=state.consumed_samples)
+    # DPO: the frozen starting policy's log-probs of every pair, before the first update (train.dpo_reference)
+    prepare = partial(attach_reference, trainer, recipe, run_dir, state.step > 0) if trainer.dpo else None
+    feed = DataFeed(recipe, num_chunks=len(trainer.model), consumed_samples=state.consumed_samples, prepare=prepare)
     metrics = MetricsLogger(recipe, trainer.shape, run_dir, world_size, recipe_dict)
     metrics.start_progress(state.step, recipe.train.train_iters)
     records = []
@@ -81,7 +89,9 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
 def _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict) -> list[dict]:
     train_cfg = recipe.train
     tokens_per_batch = train_cfg.global_batch_size * train_cfg.seq_length
-    records, window = [], dict(loss=0.0, seconds=0.0, steps=0)
+    rows = 2 if trainer.dpo else 1  # a DPO sample is a pair of sequences
+    tokens_per_batch *= rows
+    records, window = [], dict(loss=0.0, seconds=0.0, steps=0, metrics={})
     while state.step < train_cfg.train_iters:
         started = time.perf_counter()
         result = trainer.train_step(state.step + 1, feed.train_iterators())  # 1-based, as logged
@@ -90,14 +100,17 @@ def _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict) -> l
         window["loss"] += result.loss
         window["seconds"] += time.perf_counter() - started
         window["steps"] += 1
+        for name, value in result.metrics.items():
+            window["metrics"][name] = window["metrics"].get(name, 0.0) + value
         metrics.advance()
         if state.step % train_cfg.log_interval == 0 or state.step == train_cfg.train_iters:
             steps = window["steps"]
             records.append(metrics.log_train(
                 step=state.step, loss=window["loss"] / steps, lr=result.lr, grad_norm=result.grad_norm,
                 step_seconds=window["seconds"] / steps, tokens_in_batch=tokens_per_batch,
-                consumed_tokens=state.consumed_samples * train_cfg.seq_length))
-            window = dict(loss=0.0, seconds=0.0, steps=0)
+                consumed_tokens=state.consumed_samples * train_cfg.seq_length * rows,
+                extra={name: total / steps for name, total in window["metrics"].items()}))
+            window = dict(loss=0.0, seconds=0.0, steps=0, metrics={})
         if feed.has_validation and train_cfg.eval_interval and state.step % train_cfg.eval_interval == 0:
             metrics.log_validation(state.step, trainer.evaluate(feed.valid_iterators(), train_cfg.eval_iters))
         save_every = recipe.checkpoint.save_interval

@@ -19,7 +19,7 @@ GPUs) and RoPE restart per conversation; labels and loss_mask are flattened alik
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Iterator, List, Optional
 
@@ -35,7 +35,7 @@ from megatron.core.utils import get_batch_on_this_cp_rank
 from model.build import build_gpt_model, resolve_transformer_impl
 from recipes.schema import Recipe
 from recipes.world import layout_of
-from train import megatron_args
+from train import dpo, megatron_args
 from train.distributed import init_model_parallel
 
 
@@ -49,24 +49,37 @@ class StepResult:
     tokens: int  # tokens that carried loss in the global batch
     grad_norm: Optional[float] = None
     lr: Optional[float] = None
+    metrics: dict = field(default_factory=dict)  # stage=dpo: train.dpo.METRICS, means over the batch's pairs
 
 
-def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
-    """megatron's 3-tuple loss contract: (summed loss, token count, what to report)."""
-    mask = loss_mask.reshape(-1).float()
-    loss_sum = torch.sum(per_token_loss.float().reshape(-1) * mask)
+def _loss_func(loss_mask: torch.Tensor, dataset_id: Optional[torch.Tensor], num_sources: int,
+               per_token_loss: torch.Tensor):
+    """megatron's 3-tuple loss contract: (summed loss, token count, what to report).
+
+    With the blend's per-sample `dataset_id`, the report also holds (loss sum, tokens) per source
+    ("source loss", [num_sources, 2]), so validation is read per source without another pass.
+    """
+    mask = loss_mask.float()
+    losses = per_token_loss.float().reshape(mask.shape) * mask
+    loss_sum = losses.sum()
     tokens = mask.sum().to(torch.int)
-    report = torch.stack([loss_sum.detach(), tokens.float()])
-    return loss_sum, tokens, {"lm loss": report}
+    reports = {"lm loss": torch.stack([loss_sum.detach(), tokens.float()])}
+    if dataset_id is not None and num_sources:
+        per_sample = torch.stack([losses.detach().sum(dim=1), mask.sum(dim=1)], dim=1)
+        per_source = torch.zeros(num_sources, 2, dtype=per_sample.dtype, device=per_sample.device)
+        reports["source loss"] = per_source.index_add_(0, dataset_id.to(per_sample.device).long(), per_sample)
+    return loss_sum, tokens, reports
 
 
-def to_model_device(batch: dict, model) -> dict:
-    """The micro-batch on the model chunk's device. Loaders yield (pinned) CPU tensors and neither megatron's
-    schedules nor get_batch_on_this_cp_rank move them (Megatron-LM's own get_batch does .cuda()); a GPU
-    model would fail at the embedding lookup. non_blocking: pinned host memory copies asynchronously."""
-    device = next(model.parameters()).device
-    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
-            for key, value in batch.items()}
+def split_for_cp_rank(batch: dict) -> dict:
+    """This context-parallel rank's share of a micro-batch.
+
+    megatron's get_batch_on_this_cp_rank cuts every field along the sequence dimension; per-sample fields
+    (the blend's `dataset_id`, shape [b]) have none, so they pass whole and only [b, s, ...] fields are cut.
+    """
+    per_sample = {k: v for k, v in batch.items() if v.dim() < 2}
+    sliced = get_batch_on_this_cp_rank({k: v for k, v in batch.items() if k not in per_sample})
+    return {**sliced, **per_sample}
 
 
 def pack_micro_batch(batch: dict) -> tuple[dict, PackedSeqParams]:
@@ -83,7 +96,16 @@ def pack_micro_batch(batch: dict) -> tuple[dict, PackedSeqParams]:
     return flat, params
 
 
-def forward_step(data_iterator: Iterator[dict], model, packed: bool = False):
+def to_model_device(batch: dict, model) -> dict:
+    """The micro-batch on the model chunk's device. Loaders yield (pinned) CPU tensors and neither megatron's
+    schedules nor get_batch_on_this_cp_rank move them (Megatron-LM's own get_batch does .cuda()); a GPU
+    model would fail at the embedding lookup. non_blocking: pinned host memory copies asynchronously."""
+    device = next(model.parameters()).device
+    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+            for key, value in batch.items()}
+
+
+def forward_step(data_iterator: Iterator[dict], model, packed: bool = False, num_sources: int = 0):
     """Fetch one micro-batch, keep this context-parallel rank's share of it, run the model chunk.
 
     packed: the rows hold several documents each (see the module docstring); refused with CP > 1 by the
@@ -94,10 +116,10 @@ def forward_step(data_iterator: Iterator[dict], model, packed: bool = False):
     if packed:
         batch, params = pack_micro_batch(batch)
     else:
-        batch = get_batch_on_this_cp_rank(batch)
+        batch = split_for_cp_rank(batch)
     per_token_loss = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"],
                            packed_seq_params=params)
-    return per_token_loss, partial(_loss_func, batch["loss_mask"])
+    return per_token_loss, partial(_loss_func, batch["loss_mask"], batch.get("dataset_id"), num_sources)
 
 
 class Trainer:
@@ -106,6 +128,8 @@ class Trainer:
     def __init__(self, recipe: Recipe, *, train_iters: Optional[int] = None):
         self.recipe = recipe
         self.packed = recipe.stage.name == "sft" and recipe.data.packing
+        self.dpo = dpo.DPOSettings.of(recipe.stage) if recipe.stage.name == "dpo" else None  # rows come in pairs
+        self.last_metrics: dict = {}
         parallel = recipe.parallel
         init_model_parallel(parallel.tp, parallel.pp, parallel.vpp, parallel.cp, seed=recipe.train.seed)
         self.shape = recipe.model_shape()
@@ -168,13 +192,20 @@ class Trainer:
         )
 
     # ---- one step -----------------------------------------------------------------------------
-    def _run_schedule(self, data_iterators: List[Iterator[dict]], num_microbatches: int, forward_only: bool):
+    def _run_schedule(self, data_iterators: List[Iterator[dict]], num_microbatches: int, forward_only: bool,
+                      reference_pass: bool = False):
         iterators = data_iterators if len(self.model) > 1 else data_iterators[0]
+        if self.dpo is not None:  # a sample is a (chosen, rejected) pair: 2 x micro_batch_size sequences
+            step = partial(dpo.forward_step, self.dpo, reference_pass=reference_pass)
+        else:
+            step = partial(forward_step, packed=self.packed, num_sources=len(self.recipe.data.sources))
         seq_length, micro_batch_size = self.recipe.train.seq_length, self.recipe.train.micro_batch_size
+        if self.dpo is not None:
+            micro_batch_size *= 2
         if self.packed:  # one [1, micro x seq] sequence flows between pipeline stages
             seq_length, micro_batch_size = seq_length * micro_batch_size, 1
         return get_forward_backward_func()(
-            forward_step_func=partial(forward_step, packed=self.packed),
+            forward_step_func=step,
             data_iterator=iterators,
             model=self.model,
             num_microbatches=num_microbatches,
@@ -193,7 +224,11 @@ class Trainer:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=False)
-        return self._global_loss(reports)
+        loss, count = self._global_loss(reports)
+        if self.dpo is not None:
+            sums = self._reduce_reports(reports, dpo.METRICS_REPORT, (len(dpo.METRICS),))
+            self.last_metrics = {name: value / count for name, value in zip(dpo.METRICS, sums.tolist())}
+        return loss, count
 
     def optimizer_step(self, step: int, loss: float) -> StepResult:
         """Refuse a non-finite loss, clip, apply the update, advance the LR schedule."""
@@ -222,31 +257,55 @@ class Trainer:
             chunk.train()
         loss, tokens = self.forward_backward(data_iterators)
         result = self.optimizer_step(step, loss)
-        result.tokens = tokens
+        result.tokens, result.metrics = tokens, dict(self.last_metrics)
         return result
 
     @torch.no_grad()
-    def evaluate(self, data_iterators: List[Iterator[dict]], num_batches: int) -> float:
-        """Per-token validation loss over `num_batches` global batches (no gradients, no update)."""
+    def reference_pass(self, data_iterators: List[Iterator[dict]]) -> list:
+        """stage=dpo: one global batch forward only; the last stage's reports of (pair, logp_c, logp_r) rows."""
         for chunk in self.model:
             chunk.eval()
-        total = torch.zeros(2, dtype=torch.float64)
-        for _ in range(num_batches):
-            reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=True)
-            loss, tokens = self._global_loss(reports)
-            total += torch.tensor([loss * tokens, tokens], dtype=torch.float64)
+        reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=True, reference_pass=True)
         for chunk in self.model:
             chunk.train()
-        return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+        return reports
+
+    @torch.no_grad()
+    def evaluate(self, data_iterators: List[Iterator[dict]], num_batches: int) -> dict:
+        """Per-token validation loss over `num_batches` global batches (no gradients, no update).
+
+        Returns {"val_loss": the blend} and {"val_loss/NAME": loss} for each data source with loss tokens in
+        those batches (blended pretraining samples carry their source's index; SFT samples do not).
+        """
+        for chunk in self.model:
+            chunk.eval()
+        names = [source.name for source in self.recipe.data.sources]
+        total = torch.zeros(2, dtype=torch.float64)
+        per_source = torch.zeros(len(names), 2, dtype=torch.float64)
+        for _ in range(num_batches):
+            reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=True)
+            total += self._reduce_reports(reports, "lm loss", (2,))
+            per_source += self._reduce_reports(reports, "source loss", (len(names), 2))
+        for chunk in self.model:
+            chunk.train()
+        result = {"val_loss": (total[0] / total[1]).item() if total[1] > 0 else float("nan")}
+        result.update({f"val_loss/{name}": loss / tokens
+                       for name, (loss, tokens) in zip(names, per_source.tolist()) if tokens > 0})
+        return result
 
     # ---- reductions ---------------------------------------------------------------------------
     def _global_loss(self, reports: list) -> tuple[float, int]:
-        """Sum (loss, tokens) over micro-batches and data x context ranks; share it with every PP stage."""
+        loss_sum, tokens = self._reduce_reports(reports, "lm loss", (2,)).tolist()
+        return (loss_sum / tokens if tokens else float("nan")), int(tokens)
+
+    def _reduce_reports(self, reports: list, key: str, shape: tuple) -> torch.Tensor:
+        """Sum one report over micro-batches and data x context ranks; share it with every PP stage (on CPU)."""
         device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-        totals = torch.zeros(2, dtype=torch.float64, device=device)
+        totals = torch.zeros(shape, dtype=torch.float64, device=device)
         if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             for report in reports:
-                totals += report["lm loss"].to(totals)
+                if key in report:
+                    totals += report[key].to(totals)
             torch.distributed.all_reduce(
                 totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True)
             )
@@ -256,5 +315,4 @@ class Trainer:
                 src=parallel_state.get_pipeline_model_parallel_last_rank(),
                 group=parallel_state.get_pipeline_model_parallel_group(),
             )
-        loss_sum, tokens = totals.tolist()
-        return (loss_sum / tokens if tokens else float("nan")), int(tokens)
+        return totals.cpu()
