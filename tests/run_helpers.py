@@ -50,8 +50,18 @@ def start_pretrain(nproc: int, overrides: list[str], log_path: Path) -> subproce
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
+    """SIGKILL torchrun and every rank at once. torchrun starts each rank in a session of its own
+    (start_new_session), so killing torchrun's process group alone would leave the ranks training on."""
+    import psutil
+
+    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for member in tree:
+        try:
+            member.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
     process.wait(timeout=60)
+    psutil.wait_procs(tree, timeout=60)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

@@ -1,6 +1,8 @@
 """Checkpoints under failure: kill -9 and exact resume, a truncated checkpoint, resharded resume, the NaN guard.
 
-All runs are launch/pretrain.py on 2 CPU ranks (tiny shape, TP2, fp32, 64-token samples) over real code.
+All runs are launch/pretrain.py on 2 CPU ranks (tiny shape, TP2, fp32, 64-token samples) over real code,
+validating every 4 steps. A resume at another layout is compared over the three steps after it: the first
+logged loss after a resume comes before any update and cannot see the optimizer state.
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import pytest
 from tests.run_helpers import (FAST, kill_group, prepare_code_dataset, run_pretrain, start_pretrain, train_losses,
                                wait_for)
 
-STEPS, SAVE_EVERY = 12, 3
+STEPS, SAVE_EVERY, EVAL_EVERY = 12, 3, 4
 
 
 def _overrides(run_dir, prefix, steps=STEPS, *extra):
-    return ["+recipe=tiny", *FAST, f"train.train_iters={steps}", "train.eval_interval=0",
+    return ["+recipe=tiny", *FAST, f"train.train_iters={steps}", f"train.eval_interval={EVAL_EVERY}",
             f"checkpoint.save_interval={SAVE_EVERY}", f"run.dir={run_dir}",
             f"data.sources=[{{name: code, prefix: {prefix}, weight: 1.0}}]", *extra]
 
@@ -44,19 +46,42 @@ def baseline(work):
 def test_sigkill_then_restart_reproduces_every_later_loss_bit_for_bit(work, baseline):
     root, prefix = work
     run_dir = root / "killed"
-    kill_after = random.Random().randint(SAVE_EVERY + 1, STEPS - 2)  # some step after the first checkpoint
-    print(f"killing after step {kill_after}")
+    seed = random.randrange(2**32)
+    kill_after = random.Random(seed).randint(SAVE_EVERY + 1, STEPS - 2)  # some step after the first checkpoint
+    print(f"kill seed {seed}: killing after step {kill_after}")
     process = start_pretrain(2, _overrides(run_dir, prefix), root / "killed.log")
     try:
         wait_for(lambda: kill_after in train_losses(run_dir), timeout=300, what=f"step {kill_after}")
     finally:
         kill_group(process)
-    assert (run_dir / "checkpoints" / "latest").exists()
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     assert STEPS not in train_losses(run_dir), "the run finished before it could be killed"
-    _ok(run_pretrain(2, _overrides(run_dir, prefix)))
+    completed = _ok(run_pretrain(2, _overrides(run_dir, prefix)))
+    resumed_step = int(latest.split("_")[1])
+    # A resume, not a fresh start with the same seed: the restart names the checkpoint and step it loaded.
+    assert f"resumed from {run_dir / 'checkpoints' / latest} at step {resumed_step}" in completed.stderr, \
+        (seed, kill_after, completed.stderr[-3000:])
     expected, resumed = train_losses(baseline), train_losses(run_dir)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     assert resumed == expected  # exact float equality, every step
+    # validation reads the same batches before and after the resume
+    assert train_losses(run_dir, "val_loss") == train_losses(baseline, "val_loss")
+    assert sorted(train_losses(baseline, "val_loss")) == [4, 8, 12]
+
+
+def test_resume_that_changes_the_data_order_stops_unless_allowed(work, baseline):
+    root, prefix = work
+    run_dir = root / "longer"
+    shutil.copytree(baseline, run_dir)
+    _rewind_to(run_dir, 9)
+    completed = run_pretrain(2, _overrides(run_dir, prefix, STEPS + 4))  # 16 x 4 samples instead of 12 x 4
+    assert completed.returncode != 0
+    output = completed.stdout + completed.stderr
+    assert "was trained on another data order" in output and "48 -> 64" in output, output[-3000:]
+    assert "checkpoint.allow_data_order_change=true" in output
+    assert not (run_dir / "metrics.jsonl").exists()  # stopped before a step
+    _ok(run_pretrain(2, _overrides(run_dir, prefix, 10, "checkpoint.allow_data_order_change=true")))
+    assert sorted(train_losses(run_dir)) == [10]
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(work, baseline):
@@ -90,16 +115,14 @@ def test_all_checkpoints_broken_is_one_clear_error(work, baseline):
 @pytest.mark.parametrize("layout", [["parallel.tp=1"], ["parallel.tp=1", "parallel.pp=2"]], ids=["tp1-dp2", "pp2"])
 def test_resume_at_another_layout_continues_with_the_same_loss(work, baseline, layout):
     root, prefix = work
-    continued = root / "continued-tp2"
-    if not continued.exists():
-        shutil.copytree(baseline, continued)
-        _ok(run_pretrain(2, _overrides(continued, prefix, STEPS + 1)))
     resharded = root / ("resharded-" + "-".join(o.replace("parallel.", "").replace("=", "") for o in layout))
     shutil.copytree(baseline, resharded)
-    completed = _ok(run_pretrain(2, _overrides(resharded, prefix, STEPS + 1, *layout)))
+    _rewind_to(resharded, 9)
+    completed = _ok(run_pretrain(2, _overrides(resharded, prefix, STEPS, *layout)))
     assert "resharded" in completed.stderr + completed.stdout
-    expected, actual = train_losses(continued)[STEPS + 1], train_losses(resharded)[STEPS + 1]
-    assert abs(actual - expected) <= 1e-6, (actual, expected)
+    expected, actual = train_losses(baseline), train_losses(resharded)
+    assert sorted(actual) == [10, 11, 12]  # three steps after the resume: two of them after resharded updates
+    assert all(abs(actual[s] - expected[s]) <= 1e-6 for s in actual), (actual, expected)
 
 
 def test_nan_guard_stops_before_the_update_and_saves_nothing_after(work):
@@ -147,11 +170,13 @@ def test_distributed_optimizer_resume(work, reshardable):
     other_layout = root / f"distopt-{reshardable}-tp2"
     shutil.copytree(reference, other_layout)
     _rewind_to(other_layout, 3)
-    completed = run_pretrain(2, _overrides(other_layout, prefix, 4, "parallel.tp=2",
+    completed = run_pretrain(2, _overrides(other_layout, prefix, 6, "parallel.tp=2",
                                            "parallel.distributed_optimizer=true", flag))
     if reshardable:
         _ok(completed)
-        assert abs(train_losses(other_layout)[4] - expected[4]) <= 1e-6
+        actual = train_losses(other_layout)
+        assert sorted(actual) == [4, 5, 6]  # three steps after the resume at step 3
+        assert all(abs(actual[s] - expected[s]) <= 1e-6 for s in actual), (actual, expected)
     else:
         assert completed.returncode != 0
         output = completed.stdout + completed.stderr
