@@ -8,10 +8,13 @@
   rejected negates the margin and the rewards.
 - test_layouts_equal_one_rank: tests/equivalence/dpo_worker.py; TP2, TP2+SP, PP2, PP2 x VPP2, CP2, DP2 with the
   distributed optimizer: loss <= 1e-6, metrics and reference log-probs agree, grads <= 1e-5 relative.
-  Negative control: CP2 without the all-reduce of the per-sequence sums is caught. ~95 s.
+  Negative control: CP2 without the all-reduce of the per-sequence sums is caught (loss 2.81 vs 2.12).
+  Measured: losses equal to <= 1e-7, reference log-probs to ~1e-5.
 - test_readme_dpo_run: README's DPO commands as printed (make_pairs.py on the standard library, then a 2-rank
   tiny run from a fresh init): step 1's loss is ln 2 (policy == reference), the rewards are 0, then the loss falls
-  and reward_accuracy rises above 0.5. ~100 s.
+  and reward_accuracy rises above 0.5. Measured (32 pairs, 8 steps, ~110 s on a loaded 2-core machine):
+  0.693147 at steps 1-2 (the first update runs at warmup lr 0), then 0.689, 0.648, 0.592 .. 0.638; accuracy 0.75
+  at step 3, then 0.875-1.0.
 """
 from __future__ import annotations
 
