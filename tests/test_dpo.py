@@ -10,6 +10,7 @@
   distributed optimizer: loss <= 1e-6, metrics and reference log-probs agree, grads <= 1e-5 relative.
   Negative control: CP2 without the all-reduce of the per-sequence sums is caught (loss 2.81 vs 2.12).
   Measured: losses equal to <= 1e-7, reference log-probs to ~1e-5.
+- test_reference_pass_resumes_after_a_kill: a pass killed after 2 of 3 global batches redoes only the third.
 - test_readme_dpo_run: README's DPO commands as printed (make_pairs.py on the standard library, then a 2-rank
   tiny run from a fresh init): step 1's loss is ln 2 (policy == reference), the rewards are 0, then the loss falls
   and reward_accuracy rises above 0.5. Measured (32 pairs, 8 steps, ~110 s on a loaded 2-core machine):
@@ -286,3 +287,50 @@ def test_reference_file_is_checked_against_the_pairs_and_weights(tmp_path):
     (tmp_path / FILE_NAME).unlink()
     with pytest.raises(ReferenceMismatch, match="has trained"):
         attach_reference(None, recipe, tmp_path, True, dataset)
+
+
+def test_reference_pass_resumes_after_a_kill(tmp_path, gloo):
+    """A pass killed after 2 of 3 global batches (saves every batch here) redoes only the third; the values equal an
+    uninterrupted pass."""
+    import train.dpo_reference as reference
+    from train.distributed import init_model_parallel
+    from train.trainer import Trainer
+
+    init_model_parallel()
+    recipe = to_recipe(compose_config(["+recipe=tiny", "stage=dpo", "train.seq_length=64", "train.micro_batch_size=2",
+                                       "train.global_batch_size=4", "parallel.distributed_optimizer=false",
+                                       "data.num_workers=0"]))
+    pairs = [{"prompt": f"Name {i}?", "chosen": f"n{i}", "rejected": f"m{i} x"} for i in range(10)]
+    store = PairStore(_write(tmp_path / "p.jsonl", pairs), ChatTemplate(load_tokenizer()), max_ids=65)
+    dataset = type("Dataset", (), {"store": store})()
+    trainer = Trainer(recipe)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    reference.attach_reference(trainer, recipe, whole, False, dataset)
+    expected = store.reference.copy()
+
+    calls = []
+    real_pass = trainer.reference_pass
+
+    def killed_after_two(iterators):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_pass(iterators)
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    saved_every, reference.REFERENCE_SAVE_EVERY = reference.REFERENCE_SAVE_EVERY, 1
+    try:
+        trainer.reference_pass = killed_after_two
+        with pytest.raises(KeyboardInterrupt):
+            reference.attach_reference(trainer, recipe, resumed, False, dataset)
+        partial = torch.load(resumed / reference.FILE_NAME, weights_only=True)
+        assert partial["done"].tolist() == [True] * 8 + [False] * 2
+        calls.clear()
+        trainer.reference_pass = lambda iterators: calls.append(1) or real_pass(iterators)
+        reference.attach_reference(trainer, recipe, resumed, False, dataset)
+    finally:
+        reference.REFERENCE_SAVE_EVERY = saved_every
+    assert len(calls) == 1  # only the third global batch (pairs 8, 9 and two wrapped ones)
+    assert np.allclose(store.reference, expected, rtol=1e-6) and np.abs(expected).min() > 1
