@@ -10,19 +10,16 @@ ratio is the share of the loader's throughput FIM keeps. One process = one loade
 data.num_workers of them.
 """
 import argparse
-import sys
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.config import DataConfig, DataSource  # noqa: E402
-from data.datasets import build_pretrain_datasets  # noqa: E402
-from data.filters import FilterConfig  # noqa: E402
-from data.pipeline import PrepareOptions, prepare  # noqa: E402
-from data.tokenizer import load_tokenizer  # noqa: E402
+from data.config import DataConfig, DataSource
+from data.datasets import build_pretrain_datasets
+from data.filters import FilterConfig
+from data.pipeline import PrepareOptions, prepare
+from data.tokenizer import load_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 WARMUP = 5  # samples read before timing

@@ -8,12 +8,19 @@ input alone; randomness (FIM, shuffling, blending) happens at training time, see
 
 Throughput (2 cores, stdlib corpus, see bench/tokenize_throughput.py): the tokenizer dominates; batches of
 ~1 MiB keep inter-process overhead to a few percent. workers=1 runs in-process (no pool).
+
+Start-up: the writer is megatron's IndexedDatasetBuilder, and importing megatron.core (torch with it) takes
+~3.4 s on 2 cores, longer than tokenizing a 30 MB corpus. It is imported on a background thread started after
+the worker pool forks (forking during an import could deadlock a child), while the workers read and tokenize;
+the main thread needs it only when the first batch of documents is ready. Nothing here imports megatron at
+module level.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -145,7 +152,34 @@ def _process_batch(batch) -> Tuple[int, List[UnitResult]]:
 # ---------------------------------------------------------------------------------------------- main
 def _vocab_size(spec: str) -> int:
     """For the .bin dtype (int32 above 65,536 ids); the main process never loads the Qwen ranks."""
-    return VOCAB_SIZE if spec in QWEN_SPECS else load_tokenizer(spec).vocab_size
+    if spec in QWEN_SPECS:
+        return VOCAB_SIZE
+    if "tokenizer" in _WORKER:  # workers=1: the tokenizer already loaded in this process
+        return _WORKER["tokenizer"].vocab_size
+    return load_tokenizer(spec).vocab_size
+
+
+class _BackgroundImport(threading.Thread):
+    """Imports megatron's .bin/.idx writer while the caller goes on; writer() waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__(name="import-megatron-writer", daemon=True)
+        self._result = self._error = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+            self._result = (DType, IndexedDatasetBuilder)
+        except BaseException as error:  # re-raised on the caller's thread by writer()
+            self._error = error
+
+    def writer(self):
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def _output_paths(prefix: Path):
@@ -158,8 +192,6 @@ def prepare(options: PrepareOptions) -> Report:
     With options.strict, the first batch (~1 MiB) holding malformed input stops the run: the outputs are
     removed and BadInputError lists every malformed record seen so far, by reason with examples.
     """
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-
     if options.mode not in PREPARE_MODES:
         raise ValueError(f"mode must be one of {PREPARE_MODES}, got {options.mode!r}")
     if options.workers < 1:
@@ -187,9 +219,15 @@ def prepare(options: PrepareOptions) -> Report:
         else:  # fork before the progress bar starts its monitor thread
             pool = multiprocessing.get_context("fork").Pool(options.workers, _init_worker, (options,))
             results = pool.imap(_process_batch, batches, chunksize=1)
+        writer = _BackgroundImport()  # after the fork
         progress = _progress_bar(options)
-        builder = IndexedDatasetBuilder(str(bin_path), dtype=DType.optimal_dtype(_vocab_size(options.tokenizer)))
+
+        def open_builder():
+            dtype, builder_class = writer.writer()
+            return builder_class(str(bin_path), dtype=dtype.optimal_dtype(_vocab_size(options.tokenizer)))
+
         for weight, batch_results in results:
+            builder = builder or open_builder()
             for result in batch_results:
                 _consume(result, builder, report, seen_keys)
             if progress is not None:
@@ -197,6 +235,7 @@ def prepare(options: PrepareOptions) -> Report:
             if options.strict and report.bad_input():
                 stopped = True  # fail fast: no point tokenizing hours of input that will be refused
                 break
+        builder = builder or open_builder()  # no input at all: empty but valid outputs
         builder.finalize(str(idx_path))
     except BaseException:
         if builder is not None:

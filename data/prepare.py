@@ -31,8 +31,10 @@ def parse_args(argv=None) -> PrepareOptions:
                    help="drop files with a longer line (default 1000 for file/repo, off for text; 0: off)")
     p.add_argument("--no-dedupe", action="store_true", help="keep exact duplicates")
     p.add_argument("--languages", default=None, help="keep only these languages, e.g. python,c")
-    p.add_argument("--exclude", nargs="*", default=list(DEFAULT_EXCLUDE), metavar="GLOB",
-                   help="directory/file names that are not inputs (default: %(default)s; give none to include all)")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="GLOB",
+                   help="more directory/file names that are not inputs, on top of the defaults; 'NAME/' matches "
+                        f"directories only (defaults: {' '.join(DEFAULT_EXCLUDE)})")
+    p.add_argument("--no-default-exclude", action="store_true", help="read the default-excluded folders too")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     max_line = a.max_line_length if a.max_line_length is not None else (0 if a.mode == "text" else 1000)
@@ -41,7 +43,7 @@ def parse_args(argv=None) -> PrepareOptions:
         strict=a.strict, seq_length=a.seq_length, tokenizer=a.tokenizer, tokenizer_backend=a.tokenizer_backend,
         filters=FilterConfig(max_bytes=a.max_bytes, max_line_length=max_line, dedupe=not a.no_dedupe,
                              languages=parse_languages(a.languages)),
-        exclude=tuple(a.exclude), progress=not a.no_progress,
+        exclude=(() if a.no_default_exclude else DEFAULT_EXCLUDE) + tuple(a.exclude), progress=not a.no_progress,
     )
 
 

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-DEFAULT_EXCLUDE = (".git", ".hg", ".svn")  # version-control internals are never source files
+# Never source files: version-control internals, caches and build output (a stdlib tree holds ~1,700 .pyc files
+# in __pycache__, a checked-out project its virtualenv or node_modules). A pattern ending in "/" matches
+# directories only, so a script named "build" is still read.
+DEFAULT_EXCLUDE = (
+    ".git/", ".hg/", ".svn/", "__pycache__/", ".venv/", "venv/", "node_modules/", "build/", "dist/", "*.egg-info/",
+    ".eggs/", ".tox/", ".nox/", ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", ".ipynb_checkpoints/",
+)
 CONTENT_FIELDS = ("content", "text")
 PATH_FIELDS = ("path", "max_stars_repo_path", "file_path", "filename")
 REPO_FIELDS = ("repo_name", "repo", "max_stars_repo_name")
@@ -84,11 +90,12 @@ class RepoUnit:
 def _walk_files(root: Path, exclude: Sequence[str] = ()) -> Iterator[Tuple[str, str, int]]:
     """(path, relative name, size) of every file under root in sorted order.
 
-    `exclude`: glob patterns matched against each directory and file *name* (e.g. "site-packages", ".git",
-    "*.pyc"); excluded entries are not inputs at all, so they are not walked (and not counted).
+    `exclude`: glob patterns matched against each directory and file *name* (e.g. "site-packages", "*.pyc";
+    "build/" matches directories only); excluded entries are not inputs at all, so they are not walked (and
+    not counted).
     """
     for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
-        dirnames[:] = sorted(d for d in dirnames if not _excluded(d, exclude))
+        dirnames[:] = sorted(d for d in dirnames if not _excluded(d, exclude, directory=True))
         for filename in sorted(filenames):
             if _excluded(filename, exclude):
                 continue
@@ -100,8 +107,9 @@ def _walk_files(root: Path, exclude: Sequence[str] = ()) -> Iterator[Tuple[str, 
             yield full, os.path.relpath(full, root), size
 
 
-def _excluded(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+def _excluded(name: str, patterns: Sequence[str], directory: bool = False) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern.rstrip("/")) for pattern in patterns
+               if directory or not pattern.endswith("/"))
 
 
 def _raise_walk_error(error: OSError) -> None:
@@ -147,9 +155,10 @@ def _iter_lines(path: Path) -> Iterator[LineUnit]:
 
 def _repo_units_from_dir(root: Path, exclude: Sequence[str]) -> Iterator[RepoUnit]:
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if _excluded(entry.name, exclude):
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if _excluded(entry.name, exclude, directory=is_dir):
             continue
-        if entry.is_dir(follow_symlinks=False):
+        if is_dir:
             unit = RepoUnit(entry.name)
             for full, name, size in _walk_files(Path(entry.path), exclude):
                 unit.files.append(FileUnit(full, name, size))
