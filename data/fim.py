@@ -13,8 +13,8 @@ Decisions:
   same): at inference a user's prefix ends wherever the cursor is, often inside what would be one token of the
   whole file, and is tokenized on its own; token-boundary cuts would never show the model such a prefix. Cost:
   one decode and three encodes of each FIM document's tokens in the loader workers. bench/fim_throughput.py
-  (8K samples, rate 0.5, 2-core machine under load): FIM keeps ~0.1 of plain GPTDataset's samples/s (token
-  cuts kept ~0.4), i.e. ~200-380 samples/s per loader worker.
+  (8K samples, rate 0.5, idle 2-core machine): FIM keeps 0.10-0.18 of plain GPTDataset's samples/s (token cuts
+  kept 0.44-0.56), i.e. ~1,300 samples/s (~10 Mtok/s) per loader worker instead of ~5,000.
 - Exact length by construction: every eod-separated segment of the packed window (GPTDataset packs
   seq_length+1 tokens across documents) is replaced by a rearranged segment of exactly its own length. The
   three sentinels and any growth from re-tokenizing (about 2 tokens: each cut can split a token) are paid by
