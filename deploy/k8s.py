@@ -14,8 +14,8 @@ Under that static rendezvous TORCHELASTIC_RUN_ID is literally `none`, so the run
 name (`run.dir=/runs/<job name>`), never from the rendezvous id.
 
 Checks, without an API server:
-  * `schema_errors`: the CRD's own openAPIV3Schema (shared/k8s/kubeflow.org_pytorchjobs.yaml), closed against
-    unknown fields as `kubectl apply` (strict field validation) would report them;
+  * `schema_errors`: the CRD's own openAPIV3Schema (the operator's kubeflow.org_pytorchjobs.yaml, e.g. from
+    `kubectl get crd pytorchjobs.kubeflow.org -o yaml`), closed against unknown fields as `kubectl apply` (strict field validation) would report them;
   * `webhook_errors`: the operator's admission webhook rules (DNS-1035 name, Master/Worker only, one Master,
     a container named `pytorch` with an image), plus the name length the operator's per-pod Services need.
 """
@@ -171,7 +171,9 @@ def compose_recipe(overrides: Sequence[str]):
     cfg = compose_config(list(overrides))
     nodes, gpus = int(cfg.run.nodes), int(cfg.run.gpus_per_node)
     recipe = to_recipe(cfg, nodes * gpus)
-    assert recipe_world_size(recipe) == nodes * gpus
+    if recipe_world_size(recipe) != nodes * gpus:
+        raise ManifestError(f"the layout needs {recipe_world_size(recipe)} ranks but run.nodes x run.gpus_per_node "
+                            f"= {nodes} x {gpus}; set run.nodes/run.gpus_per_node to match the layout")
     return recipe
 
 
@@ -268,8 +270,12 @@ def build_manifest(overrides: Sequence[str], opts: JobOptions) -> dict:
     manifest = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata,
                 "spec": {"nprocPerNode": str(gpus), "runPolicy": {"backoffLimit": opts.backoff_limit},
                          "pytorchReplicaSpecs": specs}}
-    assert recipe.run.dir == f"{opts.run_mount}/{name}" and recipe.run.name == name
-    assert manifest_world_size(manifest) == nodes * gpus
+    if recipe.run.dir != f"{opts.run_mount}/{name}" or recipe.run.name != name:
+        raise ManifestError(f"run.dir={recipe.run.dir} / run.name={recipe.run.name} must be {opts.run_mount}/{name} "
+                            f"and {name} so a restarted pod finds its checkpoints; drop those overrides")
+    if manifest_world_size(manifest) != nodes * gpus:
+        raise ManifestError(f"the job starts {manifest_world_size(manifest)} processes, the recipe needs "
+                            f"{nodes * gpus}")
     return manifest
 
 
@@ -317,8 +323,8 @@ def load_crd_schema(crd_path: Path, version: str = "v1") -> dict:
 
     crd_path = Path(crd_path)
     if not crd_path.is_file():
-        raise FileNotFoundError(f"PyTorchJob CRD not found at {crd_path} (expected shared/k8s/"
-                                f"kubeflow.org_pytorchjobs.yaml beside the repository)")
+        raise FileNotFoundError(f"PyTorchJob CRD not found at {crd_path}; save the cluster's with "
+                                f"`kubectl get crd pytorchjobs.kubeflow.org -o yaml > {crd_path.name}`")
     crd = yaml.safe_load(crd_path.read_text())
     for v in crd["spec"]["versions"]:
         if v["name"] == version:

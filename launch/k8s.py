@@ -6,19 +6,14 @@
 
 Hydra overrides are the same ones launch/pretrain.py takes; options and overrides mix in any order. The recipe is
 composed and validated on its own world size (run.nodes x run.gpus_per_node) before anything is written; the
-manifest is then checked against the CRD schema (when --crd is given or shared/k8s/ is found) and the operator's
-webhook rules. Exit status 1 and a message
-on any error. Details and the reasons behind each field: deploy/k8s.py.
+manifest is then checked against the operator's webhook rules and, with --crd FILE (the cluster's
+`kubectl get crd pytorchjobs.kubeflow.org -o yaml`), its CRD schema. Exit status 1 and a message on any error. Details and the reasons behind each field: deploy/k8s.py.
 """
 import argparse
 import sys
 from pathlib import Path
 
 from deploy import k8s
-
-ROOT = Path(__file__).resolve().parents[1]
-
-DEFAULT_CRD = ROOT.parent / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
 
 
 def parse(argv):
@@ -46,7 +41,7 @@ def parse(argv):
     p.add_argument("--host-ipc", action="store_true", help="use the node's IPC namespace and /dev/shm")
     p.add_argument("--shm-size", help="size limit of the pod's memory-backed /dev/shm, e.g. 64Gi")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env (repeatable)")
-    p.add_argument("--crd", type=Path, help=f"CRD to validate against (default: {DEFAULT_CRD} if present)")
+    p.add_argument("--crd", type=Path, help="the PyTorchJob CRD to validate the schema against")
     p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     return p.parse_intermixed_args(argv)  # recipe overrides may come before, between or after options
 
@@ -73,16 +68,13 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     errors = k8s.webhook_errors(manifest)
-    crd = args.crd or (DEFAULT_CRD if DEFAULT_CRD.is_file() else None)
-    if crd is not None:
-        errors += k8s.schema_errors(manifest, k8s.load_crd_schema(crd))
+    if args.crd is not None:
+        errors += k8s.schema_errors(manifest, k8s.load_crd_schema(args.crd))
     else:
-        print("note: no CRD found; checked the webhook rules only (pass --crd to validate the schema)", file=sys.stderr)
+        print("note: checked the webhook rules only (pass --crd FILE to validate the CRD schema too)", file=sys.stderr)
     if errors:
         print("error: the manifest would be rejected:\n  " + "\n  ".join(errors), file=sys.stderr)
         return 1
-    if manifest["metadata"]["labels"]["qwen-coder/stage"] == "dpo":
-        print("warning: stage=dpo is sized but not implemented; launch/pretrain.py will refuse it", file=sys.stderr)
     text = k8s.render(manifest)
     if args.output:
         args.output.write_text(text)

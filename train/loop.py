@@ -52,7 +52,9 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
         initial_weights = resolve_checkpoint(recipe.checkpoint.load)
     check_sources(recipe)
     init_process_group()
-    assert torch.distributed.get_world_size() == world_size
+    if torch.distributed.get_world_size() != world_size:
+        raise RuntimeError(f"the process group has {torch.distributed.get_world_size()} ranks but WORLD_SIZE said "
+                           f"{world_size}; launch with torchrun --nproc_per_node/--nnodes")
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir)
 
