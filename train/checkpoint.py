@@ -67,7 +67,7 @@ def data_order(recipe) -> dict:
         "global_batch_size": train.global_batch_size,
         "seq_length": train.seq_length,
         "seed": data.seed if data.seed is not None else train.seed,
-        "sources": [[s.name, s.prefix, s.weight] for s in data.sources],
+        "sources": [[s.name, s.prefix, s.weight, s.fim_rate] for s in data.sources],
         "split": data.split,
         "mode": data.mode,
         "fim": [data.fim_rate, data.fim_spm_rate],
