@@ -96,8 +96,8 @@ def test_each_bad_program_gets_its_status(scored, case):
     assert (row["status"], row["passed"]) == (expected, expected == "passed"), row.get("output", "")[-1500:]
     if case == "network":
         assert "Network is unreachable" in row["output"]
-    if case == "repo_write":
-        assert "Read-only file system" in row["output"]
+    if case == "repo_write":  # read-only, or (a clone under /tmp) covered by the sandbox's private /tmp
+        assert "Read-only file system" in row["output"] or "No such file or directory" in row["output"]
 
 
 def test_the_evaluator_survives_and_reports_every_problem(scored):
@@ -126,8 +126,18 @@ def test_controls_without_isolation_do_the_harm(scored, listener):
     assert len(listener[1]) > before  # check() calls the function several times: one connection each
 
 
+def _visible_parent() -> Path:
+    """A writable directory the sandbox shows read-only: the repository, unless it lives under a path the sandbox
+    always covers (/tmp, /var/tmp, /run, /dev/shm, HOME), as a CI clone under /tmp does."""
+    covered = ("/tmp/", "/var/tmp/", "/run/", "/dev/shm/", str(Path.home()) + "/")
+    for parent in (Path(os.path.realpath(REPO)), Path("/srv"), Path("/mnt"), Path("/opt")):
+        if parent.is_dir() and os.access(parent, os.W_OK) and not (str(parent) + "/").startswith(covered):
+            return parent
+    pytest.fail("no writable directory outside /tmp, /run and HOME to test hiding with")
+
+
 def test_hidden_directory_is_empty_inside(tmp_path):
-    hidden = Path(os.path.realpath(REPO)) / f".sandbox-hidden-{uuid.uuid4().hex}"
+    hidden = _visible_parent() / f".sandbox-hidden-{uuid.uuid4().hex}"
     hidden.mkdir()
     try:
         (hidden / "checkpoint.txt").write_text("weights")
