@@ -1,16 +1,16 @@
 """Every stage end to end through launch/pretrain.py on real prepared data, in every tiny layout, on both loaders.
 
-A covering set, one torchrun per case, 3 steps and one validation each (64-token samples): every stage (file, repo,
-sft) and every layout (TP2, PP2, CP2, DP2 + distributed optimizer) at least once, the repo stage at CP2 on the
-default torch loader AND on DALI (its batches carry megatron's per-sample dataset_id, which context parallelism
-must not cut along the sequence). Each case must finish with finite training and validation losses.
+One torchrun per case, 3 steps and one validation each (64-token samples): every stage (file, repo, sft, dpo) in
+every layout (TP2, PP2, CP2, DP2 + distributed optimizer), each stage and each layout on the default torch loader
+and on DALI, and the repo stage at CP2 on both (its batches carry megatron's per-sample dataset_id, which context
+parallelism must not cut along the sequence). Each case must finish with finite training and validation losses.
 The file-stage case blends two real sources (stdlib code, stdlib docstrings as text) and checks the per-source
 validation loss in every sink: console, metrics.jsonl, the offline W&B file and the loss plot's curves.
 
 Data, all real: stdlib packages tokenized by data/prepare.py (file mode; repo mode over a tree of two packages),
 stdlib docstrings (text mode), and ChatML conversations whose answers are stdlib docstrings (stage=sft).
-To add a stage (e.g. dpo): give `stage_data` its source and append a CASES row with a layout it supports.
-Cost, measured on an idle 2-core machine: 14-24 s per run, ~2 min for the six runs and their data.
+To add a stage: give `stage_data` its source and append its CASES rows.
+Cost, measured on an idle 2-core machine: 14-27 s per run, ~5.5 min for the 17 runs and their data.
 """
 from __future__ import annotations
 
@@ -31,15 +31,17 @@ LAYOUTS = {
     "cp2": ["parallel.tp=1", "parallel.pp=1", "parallel.cp=2", "parallel.distributed_optimizer=true"],
     "dp2-distopt": ["parallel.tp=1", "parallel.pp=1", "parallel.cp=1", "parallel.distributed_optimizer=true"],
 }
-# (stage, layout, loader)
+# (stage, layout, loader): every stage in every layout, each stage and each layout on both loaders; the repo
+# stage at CP2 on both (its batches carry megatron's per-sample dataset_id, which CP must not cut)
 CASES = [
-    ("file", "tp2", "torch"),
-    ("file", "dp2-distopt", "dali"),
-    ("repo", "cp2", "torch"),
-    ("repo", "cp2", "dali"),
-    ("sft", "pp2", "torch"),
-    ("dpo", "cp2", "dali"),  # pairs carry float64 reference log-probs through DALI; per-sequence sums over CP
+    ("file", "tp2", "torch"), ("file", "pp2", "dali"), ("file", "cp2", "torch"), ("file", "dp2-distopt", "dali"),
+    ("repo", "tp2", "dali"), ("repo", "pp2", "torch"), ("repo", "cp2", "torch"), ("repo", "cp2", "dali"),
+    ("repo", "dp2-distopt", "torch"),
+    ("sft", "tp2", "torch"), ("sft", "pp2", "torch"), ("sft", "cp2", "dali"), ("sft", "dp2-distopt", "dali"),
+    ("dpo", "tp2", "dali"), ("dpo", "pp2", "torch"), ("dpo", "cp2", "dali"), ("dpo", "dp2-distopt", "torch"),
 ]
+# what a stage needs in a layout: packed SFT rows need cp=1 (validator rule packing-cp), so SFT at CP2 pads
+LAYOUT_EXTRA = {("sft", "cp2"): ["data.packing=false"]}
 STEPS = 3
 TWO_SOURCES = ("file", "dp2-distopt", "dali")  # the case that also checks per-source validation loss
 
@@ -98,7 +100,8 @@ def test_stage_trains_in_layout(stage_data, tmp_path, request, stage, layout, lo
     run_dir = tmp_path / "run"
     two_sources = (stage, layout, loader) == TWO_SOURCES
     completed = run_pretrain(2, [
-        "+recipe=tiny", f"stage={stage}", *FAST, *LAYOUTS[layout], *stage_data[stage], f"data.loader={loader}",
+        "+recipe=tiny", f"stage={stage}", *FAST, *LAYOUTS[layout], *LAYOUT_EXTRA.get((stage, layout), []), *stage_data[stage],
+        f"data.loader={loader}",
         f"train.train_iters={STEPS}", f"train.eval_interval={STEPS}", "train.eval_iters=1",
         "checkpoint.save_interval=0", f"run.dir={run_dir}", f"logging.wandb={two_sources}",
         f"logging.plots={two_sources}"])
