@@ -169,6 +169,7 @@ class _BackgroundImport(threading.Thread):
 
     def run(self) -> None:
         try:
+            import model  # noqa: F401  its import filters megatron's "TE and Apex are not installed" notices
             from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
             self._result = (DType, IndexedDatasetBuilder)

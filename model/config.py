@@ -88,6 +88,7 @@ def transformer_config(
         persist_layer_norm=False,
         cross_entropy_loss_fusion=use_te,
         use_cpu_initialization=not torch.cuda.is_available(),
+        cuda_graph_scope=[],  # megatron's default "full" only warns that it is deprecated in favour of [] (same)
     )
     kwargs.update(runtime)
     config = TransformerConfig(**kwargs)
