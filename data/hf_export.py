@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from data.tokenizer import NOT_SPECIAL_IN_RELEASE, QWEN2_PATTERN, SPECIAL_TOKENS, load_ranks
+from data.tokenizer import EOD, IM_END, NOT_SPECIAL_IN_RELEASE, QWEN2_PATTERN, SPECIAL_TOKENS, load_ranks
 
 
 def byte_to_symbol() -> Dict[int, str]:
@@ -97,13 +97,18 @@ def build_hf_tokenizer(ranks: Optional[Dict[bytes, int]] = None, special_tokens:
     return tok
 
 
-def export_hf_tokenizer(out_dir: Path, ranks_path: Optional[Path] = None) -> Path:
+def export_hf_tokenizer(out_dir: Path, ranks_path: Optional[Path] = None, chat: bool = False) -> Path:
     """Write tokenizer.json, vocab.json, merges.txt and a tokenizer_config.json (with Qwen2.5's chat template).
 
+    `chat` is for SFT/DPO checkpoints: eos_token <|im_end|> as in the released Instruct tokenizers (the base ones
+    end on <|endoftext|>), so `generate` stops at the end of the assistant's turn.
     Reuses an existing export (tests and the benchmark share one); delete the directory to rebuild.
     """
     out_dir = Path(out_dir)
-    if (out_dir / "tokenizer.json").is_file():
+    eos = IM_END if chat else EOD
+    config_path = out_dir / "tokenizer_config.json"
+    if (out_dir / "tokenizer.json").is_file() and config_path.is_file() \
+            and json.loads(config_path.read_text()).get("eos_token") == eos:
         return out_dir
     from data.sft import CHAT_TEMPLATE  # Qwen2.5's chat format has its one home with the SFT renderer
 
@@ -114,13 +119,13 @@ def export_hf_tokenizer(out_dir: Path, ranks_path: Optional[Path] = None) -> Pat
     tok.model.save(str(out_dir))  # vocab.json + merges.txt
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
-        "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
+        "eos_token": eos,
+        "pad_token": EOD,
         "model_max_length": 131072,
         "additional_special_tokens": [name for name in list(SPECIAL_TOKENS)[1:] if name not in NOT_SPECIAL_IN_RELEASE],
         "chat_template": CHAT_TEMPLATE,
     }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    config_path.write_text(json.dumps(config, indent=1))
     tmp.rename(out_dir / "tokenizer.json")  # last, so a half-written export is never reused
     return out_dir
 

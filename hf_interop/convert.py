@@ -252,6 +252,11 @@ class CheckpointSource:
     sidecar: Optional[Path] = None  # MCORE_DIR/hf of the import, when it holds this model's tensors
     reuse_config: bool = False  # ... and its config.json describes this model (same YaRN too)
 
+    @property
+    def chat(self) -> bool:
+        """SFT and DPO train ChatML turns, which end with <|im_end|>: the released Instruct models stop on it."""
+        return self.stage in ("sft", "dpo")
+
 
 def _same_tensors(a: ModelShape, b: ModelShape) -> bool:
     return all(getattr(a, field) == getattr(b, field) for field in ARCHITECTURE_FIELDS)
@@ -354,13 +359,13 @@ def _write_configs(staging: Path, source: CheckpointSource, dtype: torch.dtype) 
             shutil.copyfile(source.sidecar / CONFIG, staging / CONFIG)  # byte for byte
         origin = f"{source.sidecar / CONFIG}"
     else:
-        write_json(staging / CONFIG, hf_config_dict(source.shape, source.yarn, dtype))
+        eos = SPECIAL_TOKENS[IM_END] if source.chat else SPECIAL_TOKENS[EOD]  # as the released Instruct/base configs
+        write_json(staging / CONFIG, hf_config_dict(source.shape, source.yarn, dtype, eos_token_id=eos))
         origin = f"generated from {source.origin}"
     if source.sidecar is not None and (source.sidecar / GENERATION_CONFIG).is_file():
         shutil.copyfile(source.sidecar / GENERATION_CONFIG, staging / GENERATION_CONFIG)
     else:
-        chat = source.stage in ("sft", "dpo")  # ChatML turns end with <|im_end|>
-        eos = [SPECIAL_TOKENS[IM_END], SPECIAL_TOKENS[EOD]] if chat else SPECIAL_TOKENS[EOD]
+        eos = [SPECIAL_TOKENS[IM_END], SPECIAL_TOKENS[EOD]] if source.chat else SPECIAL_TOKENS[EOD]
         write_json(staging / GENERATION_CONFIG, {"bos_token_id": SPECIAL_TOKENS[EOD], "eos_token_id": eos,
                                                  "do_sample": False, "max_new_tokens": 2048})
     return origin
@@ -370,7 +375,7 @@ def _write_tokenizer(staging: Path, source: CheckpointSource, tokenizer: str) ->
     if tokenizer == "qwen2.5":
         from data.hf_export import export_hf_tokenizer
 
-        export_hf_tokenizer(staging)
+        export_hf_tokenizer(staging, chat=source.chat)
         return "the offline Qwen2.5 tokenizer (data.hf_export)"
     if tokenizer == "auto" and source.sidecar is not None:
         copied = [n for n in TOKENIZER_FILES if (source.sidecar / n).is_file()]

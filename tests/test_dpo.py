@@ -173,6 +173,8 @@ def test_loss_matches_transformers(imported, tmp_path):
         want = {"loss": columns[0].mean(), "rewards_chosen": columns[1].mean(), "rewards_rejected": columns[2].mean(),
                 "reward_margin": columns[3].mean(), "reward_accuracy": (columns[3] > 0).mean()}
         got = dict(trainer.last_metrics, loss=loss)
+        validation = trainer.evaluate([iter(batches)], 1)  # forward only, same batches: the same numbers
+        assert validation == pytest.approx({f"val_{name}": value for name, value in got.items()}, rel=1e-6), validation
         print(f"swap={swap}: ours {got}, transformers {want}")
         for name, value in want.items():
             assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-12), name

@@ -180,8 +180,10 @@ def test_checkpoint_uses_the_te_names_so_both_layer_specs_load_it(tmp_path):
 
 
 def test_config_is_generated_when_the_import_files_are_gone(tmp_path):
-    """A checkpoint without MCORE_DIR/hf/: config.json from the recipe, with the legacy rope keys, YaRN, chat eos."""
-    from transformers import AutoConfig
+    """A checkpoint without MCORE_DIR/hf/: config.json from the recipe, with the legacy rope keys, YaRN, and the eos
+    of its stage (an SFT checkpoint stops on <|im_end|> like the released Instruct models; a base one on
+    <|endoftext|>)."""
+    from transformers import AutoConfig, AutoTokenizer
 
     shape = shrunk("0.5b")
     write_source(tmp_path / "hf", shape)
@@ -191,7 +193,7 @@ def test_config_is_generated_when_the_import_files_are_gone(tmp_path):
         export_hf(tmp_path / "mcore", tmp_path / "out")
     recipe = to_recipe(compose_config(["+recipe=0.5b", "stage=sft", "model.num_layers=2", "model.vocab_size=1024",
                                        "model.yarn_factor=4.0"]))
-    export_hf(tmp_path / "mcore", tmp_path / "out", recipe=recipe)
+    export_hf(tmp_path / "mcore", tmp_path / "out", recipe=recipe, tokenizer="qwen2.5")
     assert_same_tensors(tmp_path / "hf", tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert shape_from_hf_config(config, allow_differing=SHRUNK) == shape
@@ -203,6 +205,15 @@ def test_config_is_generated_when_the_import_files_are_gone(tmp_path):
         "rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}
     generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [151645, 151643]  # ChatML turns end with <|im_end|>
+    assert (config["eos_token_id"], AutoTokenizer.from_pretrained(tmp_path / "out").eos_token) == (151645, "<|im_end|>")
+
+    base = to_recipe(compose_config(["+recipe=0.5b", "model.num_layers=2", "model.vocab_size=1024",
+                                     "model.yarn_factor=4.0"]))  # negative control: a pretraining checkpoint
+    export_hf(tmp_path / "mcore", tmp_path / "base", recipe=base, tokenizer="qwen2.5")
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    generation = json.loads((tmp_path / "base" / "generation_config.json").read_text())
+    assert (config["eos_token_id"], generation["eos_token_id"]) == (151643, 151643)
+    assert AutoTokenizer.from_pretrained(tmp_path / "base").eos_token == "<|endoftext|>"
 
 
 # ---------------------------------------------------------------------------------------------- errors

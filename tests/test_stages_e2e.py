@@ -111,6 +111,12 @@ def test_stage_trains_in_layout(stage_data, tmp_path, request, stage, layout, lo
     assert all(math.isfinite(v) for v in [*losses.values(), *valid.values()]), (losses, valid)
     if two_sources:
         _check_per_source_validation(run_dir, completed.stdout)
+    if stage == "dpo":  # validation reports the preference metrics beside the DPO loss
+        from train.dpo import METRICS
+
+        record = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                  if "val_loss" in line][-1]
+        assert all(math.isfinite(record[f"val_{name}"]) for name in METRICS), record
 
 
 def _check_per_source_validation(run_dir, console: str) -> None:

@@ -51,7 +51,7 @@ def test_panels_cover_what_the_run_writes(tmp_path, gloo):
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         written |= {k for k, v in json.loads(line).items() if v is not None}
     written -= {"step", "time", "consumed_tokens"}  # the x axis and bookkeeping, not panels
-    written |= {f"eval/humaneval/{m}" for m in RUN_METRICS} | set(DPO_METRICS)
+    written |= {f"eval/humaneval/{m}" for m in RUN_METRICS} | set(DPO_METRICS) | {f"val_{m}" for m in DPO_METRICS}
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "memory_gib", "val_loss/code"} <= written
     assert [key for key in sorted(written) if not wandb_dashboard.shown(key)] == []
     fixed = {k for panels in wandb_dashboard.SECTIONS.values() for p in panels for k in p.keys}

@@ -275,22 +275,29 @@ class Trainer:
         """Per-token validation loss over `num_batches` global batches (no gradients, no update).
 
         Returns {"val_loss": the blend} and {"val_loss/NAME": loss} for each data source with loss tokens in
-        those batches (blended pretraining samples carry their source's index; SFT samples do not).
+        those batches (blended pretraining samples carry their source's index; SFT samples do not). stage=dpo:
+        val_loss is the DPO loss per pair, and {"val_" + name: mean} of train.dpo.METRICS (rewards, accuracy).
         """
         for chunk in self.model:
             chunk.eval()
         names = [source.name for source in self.recipe.data.sources]
         total = torch.zeros(2, dtype=torch.float64)
         per_source = torch.zeros(len(names), 2, dtype=torch.float64)
+        dpo_sums = torch.zeros(len(dpo.METRICS), dtype=torch.float64)
         for _ in range(num_batches):
             reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=True)
             total += self._reduce_reports(reports, "lm loss", (2,))
             per_source += self._reduce_reports(reports, "source loss", (len(names), 2))
+            if self.dpo is not None:
+                dpo_sums += self._reduce_reports(reports, dpo.METRICS_REPORT, (len(dpo.METRICS),))
         for chunk in self.model:
             chunk.train()
         result = {"val_loss": (total[0] / total[1]).item() if total[1] > 0 else float("nan")}
         result.update({f"val_loss/{name}": loss / tokens
                        for name, (loss, tokens) in zip(names, per_source.tolist()) if tokens > 0})
+        if self.dpo is not None and total[1] > 0:
+            pairs = total[1].item()
+            result.update({f"val_{name}": value / pairs for name, value in zip(dpo.METRICS, dpo_sums.tolist())})
         return result
 
     # ---- reductions ---------------------------------------------------------------------------
