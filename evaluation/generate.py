@@ -1,14 +1,19 @@
 """Greedy decoding for evaluation, from a megatron checkpoint (any TP/PP layout, one process or torchrun) or a
-Hugging Face directory (transformers). Both run the same loop (`greedy`): a full forward over the sequence
-per new token, argmax of the last position, stop at end-of-text/FIM-pad ids or when the decoded text holds a
-stop sequence. No KV cache: O(n^2) in the generated length, acceptable for function bodies of a few dozen lines,
-and one code path whose tokens are comparable between the two back ends.
+Hugging Face directory (transformers). Both run the same loop (`greedy`): argmax of the last position, stop at
+end-of-text/FIM-pad/<|im_end|> ids or when the decoded text holds a stop sequence.
+
+KV cache (`KVCacheNextToken`): each call feeds only the tokens added since the last one; a prompt that does not
+extend the cached ids starts a new cache. transformers keeps its DynamicCache; megatron uses its own
+StaticInferenceContext (allocated per prompt for 2 x prompt + 256 positions, re-allocated if a completion
+outgrows it). Without it each new token re-runs the whole sequence: O(n^2) in the generated length. The cached
+logits equal the full forward's to fp32 rounding (tests/test_eval_models.py).
 
 Megatron: the model is built by train.trainer.Trainer (the training run's own recipe -> megatron path) from
 the recipe the checkpoint stores, at TP x PP = the world size (one process: TP1/PP1; torch_dist reshards on
 load), with DP/CP 1 and sequence parallelism off (prompts have arbitrary lengths). Every rank feeds the same
-tokens; the last pipeline stage all-gathers the vocabulary-parallel logits over TP, takes the argmax and
-broadcasts the token to every rank.
+tokens. At PP1 (with any TP) the model gathers the vocabulary-parallel logits itself and every rank takes the same
+argmax. Under PP the KV cache is not used: the pipeline schedule runs a full forward per token, the last stage
+all-gathers the logits over TP, takes the argmax and broadcasts the token to every rank.
 """
 from __future__ import annotations
 
@@ -48,6 +53,29 @@ def greedy(next_token: Callable[[List[int]], int], tokenizer, prompt: List[int],
     return new
 
 
+class KVCacheNextToken:
+    """next_token(ids) that feeds a back end only the ids added since its previous call.
+
+    `new_cache(capacity)` makes an empty cache for `capacity` positions; `forward(cache, new_ids, offset)` runs
+    new_ids at positions offset.. through the model, extending the cache, and returns the argmax of the last one.
+    """
+
+    def __init__(self, new_cache: Callable[[int], object], forward: Callable[[object, List[int], int], int],
+                 max_length: int):
+        self.new_cache, self.forward, self.max_length = new_cache, forward, max_length
+        self.cache, self.cached, self.capacity = None, [], 0
+
+    def __call__(self, ids: List[int]) -> int:
+        extends = self.cache is not None and len(self.cached) < len(ids) <= self.capacity \
+            and ids[:len(self.cached)] == self.cached
+        if not extends:
+            self.capacity = min(self.max_length, 2 * len(ids) + 256)
+            self.cache, self.cached = self.new_cache(self.capacity), []
+        token = self.forward(self.cache, ids[len(self.cached):], len(self.cached))
+        self.cached = list(ids)
+        return token
+
+
 class Completer:
     """complete(task, problems) -> {task_id: completion text}, for evaluation.harness.evaluate."""
 
@@ -76,14 +104,17 @@ def hf_next_token(directory: Path) -> tuple[Callable[[List[int]], int], int]:
     if not (Path(directory) / "config.json").is_file():
         raise ValueError(f"{directory} is not a Hugging Face model directory (no config.json); a megatron "
                          "checkpoint is evaluated with --checkpoint")
+    from transformers import DynamicCache
+
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
 
     @torch.no_grad()
-    def next_token(ids: List[int]) -> int:
-        logits = model(input_ids=torch.tensor([ids])).logits
+    def forward(cache, new: List[int], offset: int) -> int:
+        logits = model(input_ids=torch.tensor([new]), past_key_values=cache, use_cache=True).logits
         return int(logits[0, -1].argmax())
 
-    return next_token, int(model.config.max_position_embeddings)
+    max_length = int(model.config.max_position_embeddings)
+    return KVCacheNextToken(lambda capacity: DynamicCache(), forward, max_length), max_length
 
 
 # ------------------------------------------------------------------------------------------------ megatron
@@ -123,6 +154,9 @@ def megatron_next_token(checkpoint: Path) -> tuple[Callable[[List[int]], int], i
     for chunk in trainer.model:
         chunk.eval()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    max_length = trainer.recipe.model_shape().max_position_embeddings
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return _megatron_kv_cache(trainer.model[0], device, max_length), max_length
     last_stage = parallel_state.get_pipeline_model_parallel_last_rank()
 
     def forward_step(data_iterator, model):
@@ -144,4 +178,20 @@ def megatron_next_token(checkpoint: Path) -> tuple[Callable[[List[int]], int], i
         torch.distributed.broadcast(token, last_stage, group=parallel_state.get_pipeline_model_parallel_group())
         return int(token[0])
 
-    return next_token, trainer.recipe.model_shape().max_position_embeddings
+    return next_token, max_length
+
+
+def _megatron_kv_cache(model, device: torch.device, max_length: int) -> KVCacheNextToken:
+    """One model chunk (PP1) decoding with megatron's StaticInferenceContext: GPTModel gathers the TP logits of
+    the last position (`runtime_gather_output`), so every TP rank computes the same token."""
+    from megatron.core.inference.contexts import StaticInferenceContext
+
+    @torch.no_grad()
+    def forward(context, new: List[int], offset: int) -> int:
+        tokens = torch.tensor([new], device=device)
+        positions = torch.arange(offset, offset + len(new), device=device).unsqueeze(0)
+        logits = model(tokens, positions, None, inference_context=context, runtime_gather_output=True)
+        context.sequence_len_offset += len(new)
+        return int(logits[0, -1].argmax())
+
+    return KVCacheNextToken(lambda capacity: StaticInferenceContext(1, capacity), forward, max_length)

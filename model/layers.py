@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
 
@@ -122,7 +123,9 @@ class SDPACoreAttention(MegatronModule):
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None,
+            # megatron's KV-cache decode step passes no_mask: its one new query sees every cached key (SDPA's
+            # is_causal would align the triangle top-left and let it see only the first)
+            is_causal=mask is None and attn_mask_type != AttnMaskType.no_mask,
             scale=self.softmax_scale,
             enable_gqa=k.shape[1] != q.shape[1],
         )

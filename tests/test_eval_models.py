@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -91,3 +92,49 @@ def test_summary_lands_in_the_run_metrics(evaluated):
     evaluation = [r for r in records if "eval/humaneval/pass@1" in r]
     assert len(evaluation) == 1 and evaluation[0]["step"] == 3
     assert {"eval/humaneval_fim/pass@1", "eval/humaneval_fim/exact_match"} <= set(evaluation[0])
+
+
+def test_kv_cache_decoding_equals_full_forward(gloo, monkeypatch):
+    """megatron's StaticInferenceContext, as evaluation decodes with it (PP1): the logits of a prefill and of each
+    one-token step equal a full forward over the whole sequence (a random tiny model, fp32), and greedy tokens
+    through the cache equal greedy tokens by full re-forward, across a second prompt that restarts the cache.
+    Negative control: the decode step's attention with SDPA's top-left causal triangle (the one query sees only the
+    first key) moves the logits by ~0.5."""
+    from megatron.core.inference.contexts import StaticInferenceContext
+
+    from evaluation.generate import _megatron_kv_cache
+    from model import layers
+    from recipes.compose import compose_config, to_recipe
+    from train.trainer import Trainer
+
+    recipe = to_recipe(compose_config(["+recipe=tiny", "parallel.tp=1", "parallel.pp=1", "parallel.cp=1",
+                                       "parallel.sp=false", "parallel.distributed_optimizer=false",
+                                       "train.micro_batch_size=1", "train.global_batch_size=1"]), world_size=1)
+    model = Trainer(recipe, train_iters=1).model[0].eval()
+    ids = torch.randint(0, 2000, (1, 24), generator=torch.Generator().manual_seed(0))
+
+    def cached_logits() -> torch.Tensor:
+        context, rows = StaticInferenceContext(1, 32), []
+        for begin, end in [(0, 16), *((t, t + 1) for t in range(16, 24))]:  # prefill 16, then one token at a time
+            rows.append(model(ids[:, begin:end], torch.arange(begin, end)[None], None, inference_context=context,
+                              runtime_gather_output=True)[0, -1])
+            context.sequence_len_offset += end - begin
+        return torch.stack(rows)
+
+    with torch.no_grad():
+        full = model(ids, torch.arange(24)[None], None)[0, 15:]
+        assert (cached_logits() - full).abs().max() <= 1e-5 * full.abs().max()
+        with monkeypatch.context() as patch:  # core attention that does not know the decode step's no_mask
+            patch.setattr(layers, "AttnMaskType", SimpleNamespace(no_mask=None))
+            assert (cached_logits()[1:] - full[1:]).abs().max() > 0.1
+
+        def full_forward(sequence):
+            return int(model(torch.tensor([sequence]), torch.arange(len(sequence))[None], None)[0, -1].argmax())
+
+        cached = _megatron_kv_cache(model, torch.device("cpu"), max_length=512)
+        for prompt in (ids[0, :10].tolist(), ids[0, 5:9].tolist()):
+            ours, reference = list(prompt), list(prompt)
+            for _ in range(12):
+                ours.append(cached(ours))
+                reference.append(full_forward(reference))
+            assert ours == reference
