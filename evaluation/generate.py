@@ -118,8 +118,10 @@ def hf_next_token(directory: Path) -> tuple[Callable[[List[int]], int], int]:
 
 
 # ------------------------------------------------------------------------------------------------ megatron
-def megatron_recipe(checkpoint: Path, world_size: int):
-    """The recipe stored in a training checkpoint, at an inference layout for `world_size` ranks."""
+def megatron_recipe(checkpoint: Path, world_size: int, pipeline: Optional[int] = None):
+    """The recipe stored in a training checkpoint, at an inference layout for `world_size` ranks: `pipeline`
+    stages and TP = world_size / pipeline when given, else the checkpoint's own TP x PP when it uses every rank,
+    else TP = world_size."""
     from megatron.core import dist_checkpointing
     from omegaconf import OmegaConf
 
@@ -132,15 +134,19 @@ def megatron_recipe(checkpoint: Path, world_size: int):
         raise ValueError(f"{checkpoint} stores no training recipe (an import?): export it with "
                          "launch/convert.py and evaluate the HF directory with --hf")
     tp, pp = stored["parallel"]["tp"], stored["parallel"]["pp"]
-    if tp * pp != world_size:
-        tp, pp = (1, 1) if world_size == 1 else (world_size, 1)
+    if pipeline is not None:
+        if pipeline < 1 or world_size % pipeline:
+            raise ValueError(f"--pp {pipeline} does not divide the {world_size} processes; pass a divisor of it")
+        tp, pp = world_size // pipeline, pipeline
+    elif tp * pp != world_size:
+        tp, pp = world_size, 1
     stored = OmegaConf.merge(OmegaConf.structured(Recipe), stored, {
         "parallel": dict(tp=tp, pp=pp, vpp=1, cp=1, sp=False, distributed_optimizer=False),
         "train": dict(micro_batch_size=1, global_batch_size=1), "precision": dict(fp8=None)})
     return to_recipe(stored, world_size=world_size)
 
 
-def megatron_next_token(checkpoint: Path) -> tuple[Callable[[List[int]], int], int]:
+def megatron_next_token(checkpoint: Path, pipeline: Optional[int] = None) -> tuple[Callable[[List[int]], int], int]:
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
@@ -149,7 +155,7 @@ def megatron_next_token(checkpoint: Path) -> tuple[Callable[[List[int]], int], i
     from train.trainer import Trainer
 
     directory = resolve_checkpoint(checkpoint)
-    trainer = Trainer(megatron_recipe(directory, torch.distributed.get_world_size()), train_iters=1)
+    trainer = Trainer(megatron_recipe(directory, torch.distributed.get_world_size(), pipeline), train_iters=1)
     load_weights(trainer.model, directory)
     for chunk in trainer.model:
         chunk.eval()

@@ -24,6 +24,7 @@ def parse_args(argv=None):
     source.add_argument("--hf", type=Path, help="Hugging Face directory (config.json + safetensors)")
     source.add_argument("--oracle", action="store_true", help="answer with the canonical solutions")
     source.add_argument("--completions", type=Path, help="JSONL of {task_id, completion} to score")
+    parser.add_argument("--pp", type=int, help="--checkpoint: pipeline stages, no KV cache (default: the run's or 1)")
     parser.add_argument("--tasks", default="humaneval,humaneval_fim",
                         help="comma-separated: humaneval, humaneval_fim, fim_heldout (default: the first two)")
     parser.add_argument("--data", default="", help="fim_heldout: data/prepare.py output prefix")
@@ -51,7 +52,7 @@ def model_completer(args):
 
     init_process_group()
     try:
-        completer = Completer(*megatron_next_token(args.checkpoint), args.max_new_tokens, log=print)
+        completer = Completer(*megatron_next_token(args.checkpoint, args.pp), args.max_new_tokens, log=print)
     except CheckpointError as error:
         raise ValueError(str(error)) from None
     return completer, torch.distributed.get_rank()

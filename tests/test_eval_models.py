@@ -1,11 +1,13 @@
 """End to end: the tiny model of README's first command, trained here for 3 steps at its TP2 layout on stdlib
 code, evaluated on humaneval, humaneval_fim and fim_heldout (the 2 validation documents of its data under
 split 60,40,0) (first 2 problems each, up to 12 new tokens; any score):
-- through the megatron checkpoint at TP2 (torchrun, 2 ranks: vocabulary-parallel logits gathered over TP),
+- through the megatron checkpoint at TP2 (torchrun, 2 ranks: vocabulary-parallel logits gathered over TP; KV cache),
+- through the same checkpoint at PP2 (`--pp 2`: resharded on load, one full forward per token through the pipeline),
 - through its Hugging Face export (launch/convert.py export -> transformers, one process);
 the completions must be identical, and equal transformers' own `generate` (greedy) on the same prompts, cut
 at the same stop sequences: an independent decoding loop. The run directory's metrics.jsonl gets the summary
-at the checkpoint's step. Cost ~2 min on 2 cores (training ~50 s, TP2 evaluation ~40 s, export + HF ~25 s).
+at the checkpoint's step. Cost ~2.5 min on 2 cores (training ~50 s, TP2 and PP2 evaluations ~40 s each,
+export + HF ~25 s).
 """
 from __future__ import annotations
 
@@ -50,18 +52,20 @@ def evaluated(tmp_path_factory):
     evaluate = [*EVAL, "--data", str(prefix)]
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "launch/evaluate.py", "--checkpoint", str(run_dir), *evaluate, "--output", str(work / "tp2.jsonl")])
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch/evaluate.py",
+         "--checkpoint", str(run_dir), "--pp", "2", *evaluate, "--output", str(work / "pp2.jsonl")])
     run([sys.executable, "launch/convert.py", "export", "--mcore", str(run_dir), "--out", str(work / "hf"),
          "--tokenizer", "none"])
     run([sys.executable, "launch/evaluate.py", "--hf", str(work / "hf"), *evaluate, "--output", str(work / "hf.jsonl")])
-    return work, rows(work / "tp2.jsonl"), rows(work / "hf.jsonl")
+    return work, rows(work / "tp2.jsonl"), rows(work / "hf.jsonl"), rows(work / "pp2.jsonl")
 
 
-def test_megatron_tp2_and_hf_export_give_identical_completions(evaluated):
-    _, tp2, hf = evaluated
-    assert list(tp2) == list(hf) == ["HumanEval/0", "HumanEval/1", "HumanEval/0/L0", "HumanEval/0/L1",
-                                     "fim_heldout/3", "fim_heldout/4"]
+def test_megatron_tp2_pp2_and_hf_export_give_identical_completions(evaluated):
+    _, tp2, hf, pp2 = evaluated
+    assert list(tp2) == list(hf) == list(pp2) == ["HumanEval/0", "HumanEval/1", "HumanEval/0/L0", "HumanEval/0/L1",
+                                                  "fim_heldout/3", "fim_heldout/4"]
     for task_id in tp2:
-        assert tp2[task_id]["completion"] == hf[task_id]["completion"], task_id
+        assert tp2[task_id]["completion"] == hf[task_id]["completion"] == pp2[task_id]["completion"], task_id
         assert tp2[task_id]["completion"], task_id  # something was generated
         assert tp2[task_id]["status"] in ("passed", "failed", "timeout", "memory_limit", "killed", "mismatch")
         assert isinstance(tp2[task_id]["passed"], bool) and tp2[task_id]["prompt"]
@@ -73,7 +77,7 @@ def test_completions_equal_transformers_generate(evaluated):
 
     from data.tokenizer import load_tokenizer
 
-    work, tp2, _ = evaluated
+    work, tp2, _, _ = evaluated
     tokenizer = load_tokenizer("qwen2.5")
     model = AutoModelForCausalLM.from_pretrained(str(work / "hf"), dtype=torch.float32).eval()
     prefix = str(work / "stdlib_subset")
@@ -87,10 +91,10 @@ def test_completions_equal_transformers_generate(evaluated):
 
 
 def test_summary_lands_in_the_run_metrics(evaluated):
-    work, _, _ = evaluated
+    work, _, _, _ = evaluated
     records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     evaluation = [r for r in records if "eval/humaneval/pass@1" in r]
-    assert len(evaluation) == 1 and evaluation[0]["step"] == 3
+    assert [r["step"] for r in evaluation] == [3, 3]  # the TP2 and the PP2 evaluation of the step-3 checkpoint
     assert {"eval/humaneval_fim/pass@1", "eval/humaneval_fim/exact_match"} <= set(evaluation[0])
 
 
