@@ -99,13 +99,11 @@ class Completer:
 
 # ------------------------------------------------------------------------------------------ transformers
 def hf_next_token(directory: Path) -> tuple[Callable[[List[int]], int], int]:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, DynamicCache
 
     if not (Path(directory) / "config.json").is_file():
         raise ValueError(f"{directory} is not a Hugging Face model directory (no config.json); a megatron "
                          "checkpoint is evaluated with --checkpoint")
-    from transformers import DynamicCache
-
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
 
     @torch.no_grad()
@@ -152,6 +150,7 @@ def megatron_next_token(checkpoint: Path, pipeline: Optional[int] = None) -> tup
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from train.checkpoint import load_weights, resolve_checkpoint
+    from train.distributed import rank_device
     from train.trainer import Trainer
 
     directory = resolve_checkpoint(checkpoint)
@@ -159,7 +158,7 @@ def megatron_next_token(checkpoint: Path, pipeline: Optional[int] = None) -> tup
     load_weights(trainer.model, directory)
     for chunk in trainer.model:
         chunk.eval()
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = rank_device()
     max_length = trainer.recipe.model_shape().max_position_embeddings
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         return _megatron_kv_cache(trainer.model[0], device, max_length), max_length

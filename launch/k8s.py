@@ -7,7 +7,8 @@
 Hydra overrides are the same ones launch/pretrain.py takes; options and overrides mix in any order. The recipe is
 composed and validated on its own world size (run.nodes x run.gpus_per_node) before anything is written; the
 manifest is then checked against the operator's webhook rules and, with --crd FILE (the cluster's
-`kubectl get crd pytorchjobs.kubeflow.org -o yaml`), its CRD schema. Exit status 1 and a message on any error. Details and the reasons behind each field: deploy/k8s.py.
+`kubectl get crd pytorchjobs.kubeflow.org -o yaml`), its CRD schema. Exit status 1 and a message on any error.
+Details and the reasons behind each field: deploy/k8s.py.
 """
 import argparse
 import sys

@@ -43,6 +43,12 @@ def init_process_group(timeout_minutes: float = 30.0, backend: Optional[str] = N
     torch.distributed.init_process_group(backend=backend, timeout=timeout)
 
 
+def rank_device() -> torch.device:
+    """Where this rank's tensors for the model and for collectives live: its GPU (NCCL takes only GPU tensors),
+    else the CPU (gloo)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def init_model_parallel(tp: int = 1, pp: int = 1, vpp: int = 1, cp: int = 1, seed: int = 1234) -> None:
     """(Re)build megatron's process groups for a layout and seed its RNG streams like a GPU run would."""
     init_process_group()

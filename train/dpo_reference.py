@@ -39,6 +39,7 @@ from data.loader import build_loader
 from data.preference import EveryPair, PairStore
 from recipes.schema import Recipe
 from train.checkpoint import resolve_checkpoint
+from train.distributed import rank_device
 
 log = logging.getLogger("train")
 FILE_NAME = "reference_logps.pt"
@@ -133,8 +134,7 @@ def _compute(trainer, recipe: Recipe, store: PairStore, path: Path, fingerprint:
             index = rows[:, 0].long()
             sums.index_add_(0, index, torch.cat([rows[:, 1:], torch.ones(len(rows), 1, dtype=torch.float64)], 1))
         if number % REFERENCE_SAVE_EVERY == 0 or start + number * batch >= total:
-            device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"  # NCCL: GPU tensors
-            reduced = sums.to(device)
+            reduced = sums.to(rank_device())
             torch.distributed.all_reduce(reduced)  # every reporting rank (TP/CP peers, DP shares) adds its rows
             sums = reduced.cpu()
             seen = sums[:, 2] > 0

@@ -36,7 +36,7 @@ from model.build import build_gpt_model, resolve_transformer_impl
 from recipes.schema import Recipe
 from recipes.world import layout_of
 from train import dpo, megatron_args
-from train.distributed import init_model_parallel
+from train.distributed import init_model_parallel, rank_device
 
 
 class TrainingDiverged(RuntimeError):
@@ -307,8 +307,7 @@ class Trainer:
 
     def _reduce_reports(self, reports: list, key: str, shape: tuple) -> torch.Tensor:
         """Sum one report over micro-batches and data x context ranks; share it with every PP stage (on CPU)."""
-        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-        totals = torch.zeros(shape, dtype=torch.float64, device=device)
+        totals = torch.zeros(shape, dtype=torch.float64, device=rank_device())
         if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             for report in reports:
                 if key in report:
