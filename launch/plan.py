@@ -6,7 +6,8 @@
 
 The recipe is composed exactly as launch/pretrain.py composes it (same Hydra tree, same overrides) and checked
 by recipes.validate on its own world size (run.nodes x run.gpus_per_node); `plan.*` is a schema node that only
-this entry reads. The memory model is documented in docs/memory-model.md. Exit status 1 when it does not fit.
+this entry reads. The RoPE base printed is the one training would use: the checkpoint.load's recorded base when
+that checkpoint exists here and the stage keeps it. The memory model is documented in docs/memory-model.md. Exit status 1 when it does not fit.
 Hydra runs with its logging off and no output directory: a plan writes nothing.
 """
 import sys
@@ -25,6 +26,19 @@ def _add_quiet_overrides(argv: list[str]) -> None:
     argv += [override for override in _QUIET if override.split("=", 1)[0] not in given]
 
 
+def _checkpoint_rope_base(load):
+    """The RoPE base the run's checkpoint.load records, when it names a checkpoint here (else the plan states the
+    stage's fresh-init base)."""
+    if not load:
+        return None
+    from train.checkpoint import CheckpointError, recorded_rope_base, resolve_checkpoint
+
+    try:
+        return recorded_rope_base(resolve_checkpoint(load))
+    except CheckpointError:
+        return None
+
+
 @hydra.main(config_path="../recipes", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     import warnings
@@ -34,7 +48,7 @@ def main(cfg: DictConfig) -> None:
     from recipes.planner import make_plan, render
 
     recipe = to_recipe(cfg)
-    plan = make_plan(recipe)
+    plan = make_plan(recipe, recorded_rope_base=_checkpoint_rope_base(recipe.checkpoint.load))
     if recipe.plan.meta_build:
         from train.meta_count import meta_parameters_per_stage
 

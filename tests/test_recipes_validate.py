@@ -29,7 +29,7 @@ BROKEN = [
     ("enum-decay", ["+recipe=7b", "optimizer.decay_style=wsd"], None, "enum",
      ["optimizer.decay_style='wsd' is not one of ('cosine', 'linear', 'constant')"]),
     ("enum-stage", ["+recipe=7b", "stage.name=pretrain"], None, "enum",
-     ["stage.name='pretrain' is not one of ('file', 'repo', 'sft', 'dpo')"]),
+     ["stage.name='pretrain' is not one of ('file', 'repo', 'long', 'sft', 'dpo')"]),
     ("enum-plan", ["+recipe=7b", "plan.format=yaml"], None, "enum", ["plan.format='yaml'"]),
     ("positive", ["+recipe=7b", "parallel.cp=0"], None, "positive", ["parallel.cp=0 must be >= 1"]),
     ("shape", ["+recipe=7b", "model.shape=13b"], None, "shape", ["unknown model shape '13b'"]),

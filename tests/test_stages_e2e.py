@@ -111,12 +111,23 @@ def test_stage_trains_in_layout(stage_data, tmp_path, request, stage, layout, lo
     assert all(math.isfinite(v) for v in [*losses.values(), *valid.values()]), (losses, valid)
     if two_sources:
         _check_per_source_validation(run_dir, completed.stdout)
-    if stage == "dpo":  # validation reports the preference metrics beside the DPO loss
-        from train.dpo import METRICS
+    if stage == "dpo":
+        _check_dpo_start_and_validation(run_dir)
 
-        record = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                  if "val_loss" in line][-1]
-        assert all(math.isfinite(record[f"val_{name}"]) for name in METRICS), record
+
+def _check_dpo_start_and_validation(run_dir) -> None:
+    """Step 1 of DPO, in every layout: policy == reference to the last bit (the reference pass runs the same
+    model, layout and kernels), so every pair's margin is 0, the loss is -log sigmoid(0) = ln 2 and the rewards
+    are 0; validation reports the preference metrics beside the DPO loss."""
+    from train.dpo import METRICS
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = next(record for record in records if record.get("step") == 1 and "loss" in record)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6), first
+    rewards = [first[name] for name in ("rewards_chosen", "rewards_rejected", "reward_margin")]
+    assert rewards == pytest.approx([0.0, 0.0, 0.0], abs=1e-7), first
+    record = [record for record in records if "val_loss" in record][-1]
+    assert all(math.isfinite(record[f"val_{name}"]) for name in METRICS), record
 
 
 def _check_per_source_validation(run_dir, console: str) -> None:

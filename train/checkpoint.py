@@ -48,6 +48,10 @@ SHARDING_TYPES = {False: "dp_reshardable", True: "fully_reshardable"}
 # so even a TE checkpoint never holds it. Those entries keep their fresh values (FP8 scaling restarts); any
 # other absent or unexpected tensor is an error.
 EXTRA_STATE = "_extra_state"
+# The RoPE base the weights were trained with, in each checkpoint's common state (recipes.validate.rope_base_in_use
+# continues a checkpoint with it). Checkpoints written before it was recorded all trained at 1e6, the base every
+# stage used then.
+ROPE_BASE, UNRECORDED_ROPE_BASE = "rope_base", 1_000_000.0
 
 
 class CheckpointError(RuntimeError):
@@ -200,10 +204,20 @@ def _sharded_state(trainer, is_loading: bool, metadata: dict) -> dict:
     return state
 
 
-def save_weights(model_chunks, directory: Path) -> None:
+def save_weights(model_chunks, directory: Path, rope_base: float) -> None:
     """Model weights only (what convert.py writes and `checkpoint.load` reads); any layout can load it."""
     directory.mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save(_model_state_dict(model_chunks), str(directory))
+    dist_checkpointing.save({**_model_state_dict(model_chunks), ROPE_BASE: rope_base}, str(directory))
+
+
+def recorded_rope_base(directory: Path) -> Optional[float]:
+    """The RoPE base a complete checkpoint directory records (UNRECORDED_ROPE_BASE for older ones); None when its
+    common state cannot be read (resume then reports the checkpoint as unreadable)."""
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(directory))
+    except _UNREADABLE:
+        return None
+    return float(common.get(ROPE_BASE, UNRECORDED_ROPE_BASE)) if isinstance(common, dict) else None
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Optional[Path]:
@@ -293,6 +307,7 @@ class CheckpointManager:
             training=dict(step=state.step, consumed_samples=state.consumed_samples),
             data_order=data_order(trainer.recipe),
             recipe=recipe_dict,
+            **{ROPE_BASE: trainer.shape.rope_theta},
         )
         dist_checkpointing.save(sharded, str(staging), content_metadata=self.metadata)
         torch.distributed.barrier()

@@ -23,8 +23,8 @@ from data.sft import build_sft_datasets, sft_source
 from data.tokenizer import load_tokenizer
 from recipes.schema import Recipe
 
-DATASET_BUILDERS = {"file": build_pretrain_datasets, "repo": build_pretrain_datasets, "sft": build_sft_datasets,
-                    "dpo": build_preference_datasets}
+DATASET_BUILDERS = {"file": build_pretrain_datasets, "repo": build_pretrain_datasets, "long": build_pretrain_datasets,
+                    "sft": build_sft_datasets, "dpo": build_preference_datasets}
 
 
 def check_sources(recipe: Recipe) -> None:
