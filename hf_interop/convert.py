@@ -83,7 +83,9 @@ log = logging.getLogger("convert")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
 # Fields that change the tensors or the network; rms_norm_eps and the context length are variants (hf_map).
-ARCHITECTURE_FIELDS = tuple(f for f in SHAPE_FIELD_TO_HF_KEY if f not in VARIANT_FIELDS)
+# rope_theta is no tensor's shape: an import records config.json's value and a run resolves the base it trains
+# with from it and the stage (recipes.validate.rope_base_in_use), so a stage-1 recipe imports released weights.
+ARCHITECTURE_FIELDS = tuple(f for f in SHAPE_FIELD_TO_HF_KEY if f not in (*VARIANT_FIELDS, "rope_theta"))
 MODEL_KEY_ROOTS = ("embedding", "decoder", "output_layer")  # dist-checkpoint keys of the GPTModel itself
 
 

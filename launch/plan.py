@@ -7,7 +7,8 @@
 The recipe is composed exactly as launch/pretrain.py composes it (same Hydra tree, same overrides) and checked
 by recipes.validate on its own world size (run.nodes x run.gpus_per_node); `plan.*` is a schema node that only
 this entry reads. The RoPE base printed is the one training would use: the checkpoint.load's recorded base when
-that checkpoint exists here and the stage keeps it. The memory model is documented in docs/memory-model.md. Exit status 1 when it does not fit.
+that checkpoint exists here and the stage keeps it. The memory model is documented in docs/memory-model.md.
+Exit status 1 when it does not fit.
 Hydra runs with its logging off and no output directory: a plan writes nothing.
 """
 import sys

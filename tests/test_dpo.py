@@ -273,7 +273,8 @@ def _dpo_run(run_dir: Path, pairs: Path, steps: int, *extra: str):
     from tests.run_helpers import FAST, run_pretrain
 
     return run_pretrain(1, ["+recipe=tiny", "stage=dpo", *FAST, "parallel.distributed_optimizer=false",
-                            f"data.sources=[{{name: pairs, prefix: {pairs}, weight: 1.0}}]", "data.split='100,0,0'", "train.eval_interval=0",
+                            f"data.sources=[{{name: pairs, prefix: {pairs}, weight: 1.0}}]", "data.split='100,0,0'",
+                            "train.eval_interval=0",
                             f"train.train_iters={steps}", "checkpoint.save_interval=1", "checkpoint.keep_last=5",
                             "checkpoint.allow_data_order_change=true",  # each run trains on: train_iters grows
                             f"run.dir={run_dir}", "logging.wandb=false", "logging.plots=false", *extra])

@@ -53,8 +53,9 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
         initial_weights = resolve_checkpoint(recipe.checkpoint.load)
     continued = latest_checkpoint(run_dir / "checkpoints") or initial_weights  # the weights the run goes on from
     recorded = recorded_rope_base(continued) if continued else None
+    rope_base = rope_base_in_use(recipe, recorded, str(continued))  # what the model is built with
     positions = describe_rope(recipe, recorded)
-    recipe.model.rope_base = rope_base_in_use(recipe, recorded, str(continued))  # what the model is built with
+    recipe.model.rope_base = rope_base
     check_sources(recipe)
     init_process_group()
     if torch.distributed.get_world_size() != world_size:
