@@ -140,7 +140,8 @@ def megatron_recipe(checkpoint: Path, world_size: int, pipeline: Optional[int] =
         tp, pp = world_size, 1
     stored = OmegaConf.merge(OmegaConf.structured(Recipe), stored, {
         "parallel": dict(tp=tp, pp=pp, vpp=1, cp=1, sp=False, distributed_optimizer=False),
-        "train": dict(micro_batch_size=1, global_batch_size=1), "precision": dict(fp8=None)})
+        "train": dict(micro_batch_size=1, global_batch_size=1), "precision": dict(fp8=None),
+        "model": dict(rope_base=common.get("rope_base", 1e6))})  # the base the weights were trained with
     return to_recipe(stored, world_size=world_size)
 
 

@@ -8,8 +8,8 @@ imports record the base (train.checkpoint.recorded_rope_base), the run log print
 stage=long (repo at 131,072 with YaRN x4) loads the repo stage's checkpoint and trains on a repo-mode source whose
 documents are longer than 32K tokens; at CP4 (4 ranks) its per-step loss and gradient norm equal CP1's on the same
 batches (2,048-token rows: the real 151,680-row vocabulary's fp32 logits cost 1.2 GB at CP1). Negative control: the
-same CP1 run without YaRN differs, so the comparison sees the YaRN path.
-Cost, measured on a loaded 2-core machine: see the report of the change; 9 launches, each a few seconds of CPU.
+same CP1 run without YaRN differs beyond both bounds, so the comparison sees the YaRN path.
+Cost: 9 launches of ~10-20 s of CPU each (about 12 minutes of wall clock on a 2-core machine shared by 8 jobs).
 """
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ from tests.run_helpers import FAST, REPO, STDLIB, environment, pretrain_command,
 QUIET = ["logging.wandb=false", "logging.plots=false", "train.eval_interval=0", "data.num_workers=0",
          "logging.progress_bar=false"]
 LONG_SEQ = 2048
+# CP4 vs CP1, fp32, measured: loss 2.4e-7 / 7.2e-7 at steps 1 / 2, grad norm 1.8e-6 / 7.7e-6 relative (Adam's
+# first update amplifies summation-order noise); the YaRN-off control: loss 2.5e-5 / 1.2e-4, grad norm 6e-4 at
+# step 2 (a checkpoint two steps from init attends almost uniformly, so YaRN's temperature barely shows at step 1).
+LOSS_TOL, GRAD_TOL = 2e-6, 2e-5
 
 
 def _recipe(*overrides):
@@ -135,13 +139,15 @@ def test_stages_carry_the_rope_base_and_long_context_equals_one_rank(repo_source
         assert [r["step"] for r in runs[name]] == [1, 2], runs[name]
     yarn_line = "RoPE base 1,000,000 (stage long, set over any checkpoint), YaRN x4 over 32,768 positions"
     assert yarn_line in logs["cp4"] and yarn_line in logs["cp1"] and "YaRN" not in logs["cp1-no-yarn"]
-    for step in range(2):
-        cp4, cp1 = runs["cp4"][step], runs["cp1"][step]
-        assert cp4["loss"] == pytest.approx(cp1["loss"], rel=1e-6, abs=1e-6), (cp4, cp1)
-        assert cp4["grad_norm"] == pytest.approx(cp1["grad_norm"], rel=1e-5), (cp4, cp1)
+    def differences(run):  # per step: |loss - CP1's|, |grad norm / CP1's - 1|
+        return [(abs(r["loss"] - one["loss"]), abs(r["grad_norm"] / one["grad_norm"] - 1))
+                for r, one in zip(runs[run], runs["cp1"])]
+
     assert all(math.isfinite(r["loss"]) for r in runs["cp4"])
-    control = runs["cp1-no-yarn"][0]["loss"]
-    assert abs(control - runs["cp1"][0]["loss"]) > 1e-3, (control, runs["cp1"][0]["loss"])
+    assert all(loss <= LOSS_TOL and grad <= GRAD_TOL for loss, grad in differences("cp4")), differences("cp4")
+    # the control leaves both bounds far behind at step 2 (after one update through YaRN's gradients)
+    (loss_1, _), (loss_2, grad_2) = differences("cp1-no-yarn")
+    assert loss_1 > 5 * LOSS_TOL and loss_2 > 5 * LOSS_TOL and grad_2 > 5 * GRAD_TOL, differences("cp1-no-yarn")
 
 
 def test_import_records_rope_theta_and_an_explicit_mismatch_is_refused(tmp_path):

@@ -254,6 +254,7 @@ def resolve_checkpoint(path) -> Path:
 def load_weights(model_chunks, directory: Path) -> None:
     """Load model weights (no optimizer/step) into this layout from what resolve_checkpoint accepts."""
     directory = resolve_checkpoint(directory)
+    _check_rope_base(model_chunks, directory)
     loaded, _, absent = dist_checkpointing.load(_model_state_dict(model_chunks), str(directory),
                                                 strict=StrictHandling.RETURN_UNEXPECTED)
     absent_weights = sorted(key for key in absent if not key.endswith(EXTRA_STATE))
@@ -262,6 +263,18 @@ def load_weights(model_chunks, directory: Path) -> None:
                               f"{' ...' if len(absent_weights) > 6 else ''}; it holds another model (shape, "
                               "tying or layers differ): pass the recipe it was written with")
     _apply_model_state(model_chunks, loaded)
+
+
+def _check_rope_base(model_chunks, directory: Path) -> None:
+    """Weights continue at the RoPE base they were trained with: a model built with another base (a recipe whose
+    stage default differs, used without train.loop's resolution) is refused instead of silently rotating anew."""
+    module = model_chunks[0]
+    while not hasattr(module, "rotary_base") and hasattr(module, "module"):
+        module = module.module  # DDP, then megatron's Float16Module
+    recorded, built = recorded_rope_base(directory), getattr(module, "rotary_base", None)
+    if recorded is not None and built is not None and float(built) != recorded:
+        raise CheckpointError(f"{directory} was trained with RoPE base {recorded:g}, this model is built with "
+                              f"{float(built):g}: build it with model.rope_base={recorded:g}")
 
 
 def _apply_model_state(model_chunks, loaded: dict) -> None:
