@@ -125,6 +125,7 @@ def megatron_recipe(checkpoint: Path, world_size: int, pipeline: Optional[int] =
 
     from recipes.compose import to_recipe
     from recipes.schema import Recipe
+    from train.checkpoint import ROPE_BASE, UNRECORDED_ROPE_BASE
 
     common = dist_checkpointing.load_common_state_dict(str(checkpoint))
     stored = common.get("recipe") if isinstance(common, dict) else None
@@ -141,7 +142,7 @@ def megatron_recipe(checkpoint: Path, world_size: int, pipeline: Optional[int] =
     stored = OmegaConf.merge(OmegaConf.structured(Recipe), stored, {
         "parallel": dict(tp=tp, pp=pp, vpp=1, cp=1, sp=False, distributed_optimizer=False),
         "train": dict(micro_batch_size=1, global_batch_size=1), "precision": dict(fp8=None),
-        "model": dict(rope_base=common.get("rope_base", 1e6))})  # the base the weights were trained with
+        "model": dict(rope_base=common.get(ROPE_BASE, UNRECORDED_ROPE_BASE))})  # the base the weights trained with
     return to_recipe(stored, world_size=world_size)
 
 

@@ -320,8 +320,8 @@ class CheckpointManager:
             training=dict(step=state.step, consumed_samples=state.consumed_samples),
             data_order=data_order(trainer.recipe),
             recipe=recipe_dict,
-            **{ROPE_BASE: trainer.shape.rope_theta},
         )
+        sharded[ROPE_BASE] = trainer.shape.rope_theta  # the base this run's weights train with
         dist_checkpointing.save(sharded, str(staging), content_metadata=self.metadata)
         torch.distributed.barrier()
         if torch.distributed.get_rank() == 0:
