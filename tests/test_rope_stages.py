@@ -66,6 +66,15 @@ def test_explicit_rope_base_against_the_checkpoint_is_one_error_with_both_values
                                                     "YaRN x4 over 32,768 positions")
 
 
+def test_planner_prints_the_base_in_use():
+    from recipes.planner import make_plan
+
+    file = to_recipe(compose_config(["+recipe=7b", "stage=file"]))
+    assert "positions   RoPE base 10,000 (stage file, fresh init" in make_plan(file).to_text()
+    continued = make_plan(file, recorded_rope_base=1e6).to_json()["rope"]
+    assert continued == "RoPE base 1,000,000 (the loaded checkpoint's)"
+
+
 def test_rope_fusion_is_off_under_yarn():
     """megatron 0.16.1's fused THD RoPE drops YaRN's mscale: no fusion under YaRN (was apply_rope_fusion=use_te)."""
     assert kernel_fusions(True, YarnScaling(factor=4.0))["apply_rope_fusion"] is False

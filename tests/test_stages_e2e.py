@@ -3,7 +3,8 @@
 One torchrun per case, 3 steps and one validation each (64-token samples): every stage (file, repo, sft, dpo) in
 every layout (TP2, PP2, CP2, DP2 + distributed optimizer), each stage and each layout on the default torch loader
 and on DALI, and the repo stage at CP2 on both (its batches carry megatron's per-sample dataset_id, which context
-parallelism must not cut along the sequence). Each case must finish with finite training and validation losses.
+parallelism must not cut along the sequence). Each case must finish with finite training and validation losses;
+every DPO layout's step 1 must be ln 2 with zero rewards (the reference pass is the same computation).
 The file-stage case blends two real sources (stdlib code, stdlib docstrings as text) and checks the per-source
 validation loss in every sink: console, metrics.jsonl, the offline W&B file and the loss plot's curves.
 
