@@ -251,10 +251,12 @@ def resolve_checkpoint(path) -> Path:
     raise CheckpointError(f"{path} is not a megatron distributed checkpoint: found none of {looked_for}{hint}")
 
 
-def load_weights(model_chunks, directory: Path) -> None:
-    """Load model weights (no optimizer/step) into this layout from what resolve_checkpoint accepts."""
+def load_weights(model_chunks, directory: Path, rope_base_switch: bool = False) -> None:
+    """Load model weights (no optimizer/step) into this layout from what resolve_checkpoint accepts.
+    rope_base_switch: the stage sets its own RoPE base over the checkpoint's (stage.rope_base_switch)."""
     directory = resolve_checkpoint(directory)
-    _check_rope_base(model_chunks, directory)
+    if not rope_base_switch:
+        _check_rope_base(model_chunks, directory)
     loaded, _, absent = dist_checkpointing.load(_model_state_dict(model_chunks), str(directory),
                                                 strict=StrictHandling.RETURN_UNEXPECTED)
     absent_weights = sorted(key for key in absent if not key.endswith(EXTRA_STATE))

@@ -74,7 +74,7 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     else:
         state = TrainingState()
         if initial_weights is not None:
-            load_weights(trainer.model, initial_weights)
+            load_weights(trainer.model, initial_weights, recipe.stage.rope_base_switch)
             trainer.optimizer.reload_model_params()
             log.info("initial weights from %s", initial_weights)
 
