@@ -32,6 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, default=0, help="first N problems of each task (default: all)")
     parser.add_argument("--output", type=Path, help="JSONL, one row per problem")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 512 (humaneval), 64 (fim)")
+    parser.add_argument("--batch-size", type=int, help="problems decoded together (default 16)")
     parser.add_argument("--workers", type=int, default=None, help="parallel programs (default: CPU count)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default 10)")
     parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per program")
@@ -41,10 +42,10 @@ def parse_args(argv=None):
 
 
 def model_completer(args):
-    from evaluation.generate import Completer, hf_next_token, megatron_next_token
+    from evaluation.generate import Completer, hf_decoder, megatron_decoder
 
     if args.hf:
-        return Completer(*hf_next_token(args.hf), args.max_new_tokens, log=print), 0
+        return Completer(hf_decoder(args.hf), args.max_new_tokens, args.batch_size, log=print), 0
     import torch
 
     from train.checkpoint import CheckpointError
@@ -52,7 +53,7 @@ def model_completer(args):
 
     init_process_group()
     try:
-        completer = Completer(*megatron_next_token(args.checkpoint, args.pp), args.max_new_tokens, log=print)
+        completer = Completer(megatron_decoder(args.checkpoint, args.pp), args.max_new_tokens, args.batch_size, log=print)
     except CheckpointError as error:
         raise ValueError(str(error)) from None
     return completer, torch.distributed.get_rank()
