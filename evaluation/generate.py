@@ -81,8 +81,9 @@ class Completer:
     """complete(task, problems) -> {task_id: completion text}, for evaluation.harness.evaluate.
 
     `decode(prompts, stops, limits)` is a back end's batched greedy decoding (new ids per prompt). Problems are
-    decoded `batch_size` at a time, sorted by (token budget, prompt length) so a batch's rows are alike: fewer
-    prompt positions are fed one at a time (megatron) or padded (transformers)."""
+    sorted by prompt length and cut into batches of at most `batch_size` whose prompt lengths differ by at most the
+    token budget: a longer prompt is fed one token per step (megatron) or a shorter one padded
+    (transformers), so those extra steps never outnumber the generated ones."""
 
     def __init__(self, decode: Callable[[List[List[int]], List[Sequence[str]], List[int]], List[List[int]]],
                  max_new_tokens: Optional[int] = None, batch_size: Optional[int] = None,
@@ -93,20 +94,28 @@ class Completer:
         self.decode, self.max_new_tokens, self.batch_size, self.log = decode, max_new_tokens, batch_size, log
         self.tokenizer = load_tokenizer("qwen2.5")
 
+    def batches(self, prompts: List[List[int]], limits: List[int]) -> List[List[int]]:
+        """Indices of `prompts`, batched as the class says."""
+        batches: List[List[int]] = []
+        for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
+            first = batches[-1][0] if batches else None
+            if first is None or len(batches[-1]) == self.batch_size or len(prompts[i]) - len(prompts[first]) > limits[i]:
+                batches.append([])
+            batches[-1].append(i)
+        return batches
+
     def __call__(self, task: str, problems: List[Problem]) -> Dict[str, str]:
         prompts = [prompt_ids(self.tokenizer, problem) for problem in problems]
         limits = [self.max_new_tokens or problem.max_new_tokens for problem in problems]
-        order = sorted(range(len(problems)), key=lambda i: (limits[i], len(prompts[i])))
-        completions = {}
-        for begin in range(0, len(order), self.batch_size):
-            batch = order[begin:begin + self.batch_size]
+        completions, done = {}, 0
+        for batch in self.batches(prompts, limits):
             new = self.decode([prompts[i] for i in batch], [problems[i].stops for i in batch],
                               [limits[i] for i in batch])
             for i, ids in zip(batch, new):
                 completions[problems[i].task_id] = self.tokenizer.decode(ids)
-            done = begin + len(batch)
-            if done == len(problems) or done // 20 > begin // 20:
-                self.log(f"{task}: generated {done}/{len(problems)}")
+            if done // 20 < (done + len(batch)) // 20 or done + len(batch) == len(problems):
+                self.log(f"{task}: generated {done + len(batch)}/{len(problems)}")
+            done += len(batch)
         return {problem.task_id: completions[problem.task_id] for problem in problems}
 
 

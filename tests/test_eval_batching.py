@@ -39,6 +39,13 @@ def one_at_a_time(decode, problems):
             for p in problems}
 
 
+def all_at_once(decode, problems):
+    tokenizer = load_tokenizer("qwen2.5")
+    new = decode([prompt_ids(tokenizer, p) for p in problems], [p.stops for p in problems],
+                 [p.max_new_tokens for p in problems])
+    return {p.task_id: tokenizer.decode(ids) for p, ids in zip(problems, new)}
+
+
 def problems_with_a_stop(decode):
     """PROBLEMS whose stop rules cut plain/long after its 4th new token (a stop taken from its own text)."""
     problems = with_stops(PROBLEMS, {p.task_id: NO_STOPS for p in PROBLEMS})
@@ -100,12 +107,12 @@ def test_megatron_batches_equal_one_at_a_time_full_forward(megatron_model):
     assert len(tokenizer.encode(alone["plain/long"])) == 4  # the stop ended that row early
     recorded = Recorded(MegatronKVCache(megatron_model[0], cpu))
     cached = functools.partial(greedy_batch, recorded, tokenizer, max_length=512)
-    for batch_size in (1, 2, 5):
-        recorded.batches.clear()
-        assert Completer(cached, batch_size=batch_size)("t", problems) == alone, batch_size
-    # the batch of 5: pre-fill, then fewer rows as they finish (fim/b after 5 tokens, plain/long after its stop)
+    assert all_at_once(cached, problems) == alone
+    # pre-fill, then fewer rows as they finish (fim/b after 5 tokens, plain/long after its stop, ...)
     assert recorded.batches[0] == 5 and recorded.batches[-1] == 1
     assert recorded.batches == sorted(recorded.batches, reverse=True) and len(set(recorded.batches)) >= 3
+    for batch_size in (1, 2, 5):
+        assert Completer(cached, batch_size=batch_size)("t", problems) == alone, batch_size
 
     # control: left padding fed as prompt (no mask, shared positions) moves the shorter rows' completions
     pad = min(END_IDS)
@@ -129,6 +136,7 @@ def test_transformers_batched_generate_equals_one_at_a_time(tmp_path):
     decode = hf_decoder(tmp_path)
     problems = problems_with_a_stop(decode)
     alone = one_at_a_time(decode, problems)  # no padding: generate on one prompt
+    assert all_at_once(decode, problems) == alone
     for batch_size in (2, 5):
         assert Completer(decode, batch_size=batch_size)("t", problems) == alone, batch_size
 
@@ -142,3 +150,12 @@ def test_transformers_batched_generate_equals_one_at_a_time(tmp_path):
         max_new_tokens=5, do_sample=False, eos_token_id=sorted(END_IDS), pad_token_id=pad))
     masked = [decode([prompt], [NO_STOPS], [5])[0] for prompt in prompts]
     assert any(row[:len(want)] != want for row, want in zip(out[:, width:].tolist(), masked))
+
+
+def test_batches_are_sorted_by_length_and_bounded_by_the_token_budget():
+    """A batch's prompts differ by at most the token budget, so steps spent feeding the longer prompts (megatron)
+    or on padding (transformers) never outnumber the generated ones; a full batch starts the next."""
+    completer = Completer(lambda prompts, stops, limits: [], batch_size=3)
+    prompts = [[0] * n for n in (50, 3, 10, 52, 11, 12, 300)]
+    assert completer.batches(prompts, [16] * 7) == [[1, 2, 4], [5], [0, 3], [6]]
+    assert completer.batches(prompts, [400] * 7) == [[1, 2, 4], [5, 0, 3], [6]]
