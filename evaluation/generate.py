@@ -39,12 +39,18 @@ def prompt_ids(tokenizer, problem: Problem) -> List[int]:
             *tokenizer.encode(problem.suffix), SPECIAL_TOKENS[FIM_MIDDLE]]
 
 
+def stopped(tokenizer, new: List[int], stops: Sequence[str]) -> bool:
+    """Whether the text of the new ids holds one of the stop sequences (decoded whole: a stop may span tokens)."""
+    text = tokenizer.decode(new)
+    return truncate(text, stops) != text
+
+
 def greedy_batch(decoder, tokenizer, prompts: List[List[int]], stops: List[Sequence[str]], limits: List[int],
                  max_length: int) -> List[List[int]]:
     """New token ids of each prompt, greedy, decoded together: a row ends at an end id (not kept), at a stop
     sequence in its text (the token that completes it is kept), at its own `limits` entry or at max_length.
 
-    Prompts of different lengths share positions (right-aligned padding is never fed): the batch starts at the
+    Prompts of different lengths share positions and nothing is padded: the batch starts at the
     shortest prompt's length and moves one position per step for every row; a row still inside its prompt is fed
     its own next prompt token and its argmax is ignored. No padding token is ever attended, so each row's logits
     are those of decoding it alone. A finished row is dropped from the batch (the decoder compacts its cache).
@@ -69,8 +75,7 @@ def greedy_batch(decoder, tokenizer, prompts: List[List[int]], stops: List[Seque
                 continue
             new[i].append(token)
             sequences[i].append(token)
-            text = tokenizer.decode(new[i])
-            if len(new[i]) >= limits[i] or len(sequences[i]) >= max_length or truncate(text, stops[i]) != text:
+            if len(new[i]) >= limits[i] or len(sequences[i]) >= max_length or stopped(tokenizer, new[i], stops[i]):
                 finished.add(i)
         active = [i for i in active if i not in finished]
         position += 1
@@ -142,8 +147,7 @@ def hf_decoder(directory: Path) -> Callable[[List[List[int]], List[Sequence[str]
         def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
             done = []
             for row, stops, limit in zip(input_ids.tolist(), self.stops, self.limits):
-                text = tokenizer.decode(row[self.width:])
-                done.append(len(row) - self.width >= limit or truncate(text, stops) != text)
+                done.append(len(row) - self.width >= limit or stopped(tokenizer, row[self.width:], stops))
             return torch.tensor(done, device=input_ids.device)
 
     @torch.no_grad()
