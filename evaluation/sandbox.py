@@ -184,7 +184,8 @@ class Sandbox:
             except BrokenPipeError:  # the jail died before reading its job: its output says why
                 timed_out = _collect(process, jail, output, deadline)
             try:  # unshare passes on the jail's exit status as soon as the jail is gone
-                timed_out = timed_out or output.over or process.wait(max(0.0, deadline - time.monotonic())) is None
+                if not (timed_out or output.over):
+                    process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:

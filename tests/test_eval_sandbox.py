@@ -17,12 +17,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from evaluation.sandbox import Sandbox, SandboxUnavailable
+from evaluation.cgroup import Budget
+from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
 from evaluation.tasks import humaneval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,3 +169,123 @@ def test_refuses_to_run_when_the_kernel_refuses_namespaces(tmp_path, monkeypatch
     monkeypatch.setenv("PATH", env["PATH"])
     with pytest.raises(SandboxUnavailable, match="Operation not permitted"):
         Sandbox()
+
+
+# --- escapes that per-process limits and process-group kills let through (each with its control) ---
+
+ORPHAN = """
+import os, time
+os.setsid()                 # the program leaves the process group the evaluator kills
+if os.fork() == 0:          # then a child in a session of its own, and a grandchild (orphaned)
+    os.setsid()
+    if os.fork() == 0:
+        os.execv("/bin/sh", ["/bin/sh", "-c", "while :; do sleep 0.2; done # " + "{backwards}"[::-1]])
+    os._exit(0)
+time.sleep({sleep})
+"""
+
+
+def _alive_with(marker: str) -> list:
+    """PIDs (host view) whose command line holds `marker` (ORPHAN's program text holds it reversed: only the
+    grandchild's command line has it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _eventually_none(marker: str, seconds: float = 3.0) -> list:
+    deadline = time.monotonic() + seconds
+    while (alive := _alive_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+@pytest.mark.parametrize("sleep", [0, 60], ids=["program_returns", "program_times_out"])
+def test_setsid_and_double_fork_die_with_the_program(sleep):
+    marker = "orphan-" + uuid.uuid4().hex
+    outcome = Sandbox(Limits(timeout_s=3)).run(ORPHAN.format(backwards=marker[::-1], sleep=sleep))
+    assert outcome.status == ("passed" if sleep == 0 else "timeout"), outcome.output
+    assert _eventually_none(marker) == []
+
+
+def test_control_a_process_group_kill_leaves_the_orphans_running():
+    """The old kill (the program's process group, at the timeout) on the same program: both escapees live on."""
+    marker = "orphan-" + uuid.uuid4().hex
+    # as in the sandbox, the program runs under a group leader (there: unshare; here: sh)
+    process = subprocess.Popen(["/bin/sh", "-c", '"$0" -c "$1"; true', sys.executable,
+                                ORPHAN.format(backwards=marker[::-1], sleep=60)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not _alive_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, 9)  # the group it started in: the program already left it
+        time.sleep(0.3)
+        assert _alive_with(marker) and _alive_with(ORPHAN[:40])  # the grandchild and the program itself
+    finally:
+        for pid in _alive_with(marker) + _alive_with(ORPHAN[:40]):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        process.wait()
+
+
+FORKED_MEMORY = """
+import os, time
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        hold = b"\\x01" * (100 << 20)   # 100 MB written, each child under the 256 MB per-process limit
+        time.sleep(2)
+        os._exit(0)
+    children.append(pid)
+assert all(os.waitpid(pid, 0)[1] == 0 for pid in children)
+"""
+
+
+def _budget_or_skip():
+    budget, reason = Budget.detect()
+    if budget is None:
+        pytest.skip(f"no cgroup on this machine: {reason}")
+
+
+def test_forked_children_share_one_memory_budget():
+    _budget_or_skip()
+    limits = Limits(timeout_s=20, memory_mb=256)
+    assert Sandbox(limits).run(FORKED_MEMORY).status == "memory_limit"
+    # control: with per-process limits only, 4 x 100 MB pass under "256 MB"
+    assert Sandbox(limits, cgroups=False).run(FORKED_MEMORY).status == "passed"
+
+
+SPAWN = """
+import subprocess
+children = [subprocess.Popen(["sleep", "2"]) for _ in range(40)]
+assert all(child.wait() == 0 for child in children)
+"""
+
+
+def test_processes_are_counted_per_program():
+    _budget_or_skip()
+    outcome = Sandbox(Limits(timeout_s=20, processes=16)).run(SPAWN)
+    assert outcome.status == "failed" and "Resource temporarily unavailable" in outcome.output
+    assert Sandbox(Limits(timeout_s=20, processes=64)).run(SPAWN).status == "passed"  # control: room for 40
+
+
+LOUD = "import sys\nchunk = 'x' * (1 << 20) + '\\n'\nfor _ in range({mib}):\n    sys.stdout.write(chunk)\n"
+
+
+def test_output_is_bounded():
+    """1 GiB of output: stopped after output_mb, the evaluator keeps 64 KiB of it. Control: 8 MiB under a
+    16 MiB cap passes with the same 64 KiB kept, its start and end."""
+    started = time.monotonic()
+    flood = Sandbox(Limits(timeout_s=30, output_mb=4)).run(LOUD.format(mib=1024))
+    assert flood.status == "output_limit" and time.monotonic() - started < 25
+    assert len(flood.output) < 70 * 1024
+    control = Sandbox(Limits(timeout_s=30, output_mb=16)).run(LOUD.format(mib=8))
+    assert control.passed and len(control.output) < 70 * 1024 and "bytes cut" in control.output
