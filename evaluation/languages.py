@@ -63,17 +63,3 @@ LANGUAGES = {language.name: language for language in (
              compile_seconds=30, packages=("rustc",)),
 )}
 
-
-class LanguageUnavailable(RuntimeError):
-    """A language's compiler or runtime is not installed: nothing of that language was run."""
-
-
-def language(name: str) -> Language:
-    if name not in LANGUAGES:
-        raise LanguageUnavailable(f"unknown language {name!r}: choose from {', '.join(LANGUAGES)}")
-    spec = LANGUAGES[name]
-    absent = spec.missing()
-    if absent:
-        raise LanguageUnavailable(f"{absent!r} (for {name} programs) is not installed: apt-get install "
-                                  f"{' '.join(spec.packages)}")
-    return spec

@@ -29,6 +29,7 @@ namespaces, 124 s for the same programs without them (1.18x): the interpreter st
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
 from evaluation.cgroup import Budget, Group
-from evaluation.languages import PROGRAM_PATH, Language, language as language_spec
+from evaluation.languages import LANGUAGES, PROGRAM_PATH, Language
 
 JAIL = Path(__file__).with_name("jail.py")
 NAMESPACES = ("--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child")
@@ -65,6 +66,23 @@ _warned = threading.Lock()
 
 class SandboxUnavailable(RuntimeError):
     """The kernel or the environment refuses the namespaces: nothing was executed."""
+
+
+class LanguageUnavailable(SandboxUnavailable):
+    """A language's compiler or runtime is not installed: nothing of that language was run."""
+
+
+@functools.lru_cache(maxsize=None)
+def language_spec(name: str) -> Language:
+    """The language's spec, once its commands are found on the programs' PATH."""
+    if name not in LANGUAGES:
+        raise LanguageUnavailable(f"unknown language {name!r}: choose from {', '.join(LANGUAGES)}")
+    spec = LANGUAGES[name]
+    absent = spec.missing()
+    if absent:
+        raise LanguageUnavailable(f"{absent!r} (for {name} programs) is not installed: as root, "
+                                  f"bash deploy/install_languages.sh (or apt-get install {' '.join(spec.packages)})")
+    return spec
 
 
 @dataclass(frozen=True)

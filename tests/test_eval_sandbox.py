@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from evaluation.cgroup import Budget
-from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
+from evaluation.sandbox import LanguageUnavailable, Limits, Sandbox, SandboxUnavailable
 from evaluation.tasks import humaneval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,3 +289,31 @@ def test_output_is_bounded():
     assert len(flood.output) < 70 * 1024
     control = Sandbox(Limits(timeout_s=30, output_mb=16)).run(LOUD.format(mib=8))
     assert control.passed and len(control.output) < 70 * 1024 and "bytes cut" in control.output
+
+
+FORGERY = """
+import os, sys
+nonce = sys._getframe(1).f_locals["nonce"]   # the jail's end-of-program mark, in the caller's frame
+os.write(1, ("\\n" + nonce + "\\n").encode())
+os._exit(0)
+"""
+
+
+def test_a_python_program_can_forge_its_verdict():
+    """The limitation docs/evaluation.md states: code in the test's own interpreter can pass without its tests
+    (here the assertion after the forgery never runs). Control: without the forgery the same program fails."""
+    sandbox = Sandbox()
+    assert sandbox.run(FORGERY + "assert False\n").status == "passed"
+    assert sandbox.run("assert False\n").status == "failed"
+
+
+def test_a_missing_toolchain_stops_before_running(monkeypatch):
+    from evaluation import languages, sandbox as sandbox_module
+
+    absent = languages.Language("absent", "x.src", ("no-such-runtime-" + uuid.uuid4().hex, "x.src"),
+                                packages=("no-such-package",))
+    monkeypatch.setitem(languages.LANGUAGES, "absent", absent)
+    sandbox_module.language_spec.cache_clear()
+    with pytest.raises(LanguageUnavailable, match="no-such-runtime-.*apt-get install no-such-package"):
+        Sandbox().run_all(["anything"], language="absent")
+    assert issubclass(LanguageUnavailable, SandboxUnavailable)  # the command line prints it as one error line
