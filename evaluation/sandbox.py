@@ -53,6 +53,7 @@ JAIL = Path(__file__).with_name("jail.py")
 NAMESPACES = ("--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child")
 KEEP = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)})  # the stdlib
 CLEAN_ENV = {"PATH": PROGRAM_PATH, "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+FALLBACK_PROCESSES = 64  # per worker, RLIMIT_NPROC when no cgroup can be made
 HEAD, TAIL = 16 * 1024, 48 * 1024  # bytes of output kept: its start (the first error) and its end (the nonce)
 # Status of one program, in the JSONL rows: passed, failed (wrong answer / exception / a failing run command),
 # compile_error, timeout, memory_limit, output_limit, killed (by a signal, e.g. RLIMIT_CPU or a crash),
@@ -62,7 +63,7 @@ ALLOW_HINT = (
     "Run the evaluator as root (a container needs CAP_SYS_ADMIN, e.g. docker --privileged or "
     "--cap-add SYS_ADMIN --security-opt seccomp=unconfined), with util-linux `unshare` installed; or accept "
     "the risk of running model-written code without isolation with --unsafe-no-sandbox.")
-_warned = threading.Lock()
+_NO_CGROUP_WARNED = threading.Event()
 
 class SandboxUnavailable(RuntimeError):
     """The kernel or the environment refuses the namespaces: nothing was executed."""
@@ -126,10 +127,11 @@ class Output:
         return self.size > self.limit
 
     def text(self) -> str:
-        if self.size <= HEAD + TAIL:
-            data = (self.head + self.tail[-(self.size - len(self.head)):]) if self.size > len(self.head) else self.head
-        else:
-            data = self.head + f"\n[... {self.size - HEAD - TAIL} bytes cut ...]\n".encode() + self.tail
+        cut = self.size - HEAD - TAIL
+        if cut > 0:
+            data = self.head + f"\n[... {cut} bytes cut ...]\n".encode() + self.tail
+        else:  # the tail's bytes after the head's
+            data = self.head + self.tail[len(self.tail) - (self.size - len(self.head)):]
         return data.decode(errors="replace")
 
 
@@ -141,14 +143,15 @@ class Sandbox:
         home = Path.home()
         self.hide = sorted({str(Path(p).resolve()) for p in [*hide, home]} - {"/"})  # "/" holds the interpreter
         self.budget, reason = Budget.detect() if cgroups else (None, "disabled (cgroups=False)")
-        if self.budget is None and cgroups:
-            with _warned:
-                if not getattr(Sandbox, "warned", False):
-                    Sandbox.warned = True
-                    print(f"WARNING: no cgroup for sandboxed programs ({reason}): memory is limited per process "
-                          f"(RLIMIT_AS, none for the JVM, node and mono), processes per uid (RLIMIT_NPROC "
-                          f"{limits.processes * self.workers}, shared by the programs running at once)",
-                          file=sys.stderr, flush=True)
+        # without a cgroup, RLIMIT_NPROC is the only process bound, and it counts uid 65534's processes and threads
+        # machine-wide: a small share per parallel worker (a JVM runs ~30 threads)
+        self.uid_processes = min(limits.processes, FALLBACK_PROCESSES) * self.workers
+        if self.budget is None and cgroups and not _NO_CGROUP_WARNED.is_set():
+            _NO_CGROUP_WARNED.set()  # once per evaluator process
+            print(f"WARNING: no cgroup for sandboxed programs ({reason}): memory is limited per process "
+                  f"(RLIMIT_AS, none for the JVM, node, mono and rustc), processes per uid (RLIMIT_NPROC "
+                  f"{self.uid_processes}, shared by the programs running at once)",
+                  file=sys.stderr, flush=True)
         self.unshare = shutil.which("unshare")  # found on the evaluator's PATH; programs get CLEAN_ENV's
         if not unsafe:
             self.probe()
@@ -172,7 +175,7 @@ class Sandbox:
         # Python is one interpreter: RLIMIT_AS gives a clean MemoryError. Managed runtimes reserve far more
         # address space than they use: only the cgroup limits them (and nothing does without one).
         address_space = 0 if spec.managed_runtime else limits.memory_mb << 20
-        processes = limits.processes if self.budget else limits.processes * self.workers
+        processes = limits.processes if self.budget else self.uid_processes
         return json.dumps({
             "code": code, "nonce": nonce, "hide": self.hide, "keep": KEEP, "unsafe": self.unsafe,
             "tmp_bytes": limits.tmp_mb << 20, "address_space_bytes": address_space,
@@ -183,7 +186,7 @@ class Sandbox:
     def run(self, code: str, language: str = "python") -> Outcome:
         spec = language_spec(language)
         nonce = secrets.token_hex(16)
-        group = self.budget and self.budget.create(self.limits.memory_mb << 20, self.limits.processes)
+        group = self.budget.create(self.limits.memory_mb << 20, self.limits.processes) if self.budget else None
         output = Output(self.limits.output_mb << 20, spec.failure_markers)
         report, report_writer = os.pipe()
         with tempfile.TemporaryDirectory(prefix="evalbox-") as scratch:
@@ -196,22 +199,22 @@ class Sandbox:
             jail = None
             try:
                 jail = _jail_pidfd(report, group, deadline)
-                process.stdin.write(self._job(code, nonce, spec))
-                process.stdin.close()
+                try:
+                    process.stdin.write(self._job(code, nonce, spec))
+                    process.stdin.close()
+                except BrokenPipeError:  # the jail died before reading its job: its output says why
+                    pass
                 timed_out = _collect(process, jail, output, deadline)
-            except BrokenPipeError:  # the jail died before reading its job: its output says why
-                timed_out = _collect(process, jail, output, deadline)
-            try:  # unshare passes on the jail's exit status as soon as the jail is gone
-                if not (timed_out or output.over):
+                if not (timed_out or output.over):  # unshare passes on the jail's exit status once it is gone
                     process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
                 os.close(report)
                 _kill(process, jail, group)
-            oom = bool(group) and group.oom_killed()
-            if group:
-                group.remove()
+                oom = group is not None and group.oom_killed()
+                if group is not None:
+                    group.remove()
         return _verdict(process.returncode, output, nonce, timed_out, oom)
 
     def run_all(self, sources: Sequence[str], language: str = "python") -> List[Outcome]:

@@ -317,3 +317,15 @@ def test_a_missing_toolchain_stops_before_running(monkeypatch):
     with pytest.raises(LanguageUnavailable, match="no-such-runtime-.*apt-get install no-such-package"):
         Sandbox().run_all(["anything"], language="absent")
     assert issubclass(LanguageUnavailable, SandboxUnavailable)  # the command line prints it as one error line
+
+
+def test_without_cgroups_one_warning_names_the_fallback(monkeypatch, capsys):
+    from evaluation import sandbox as sandbox_module
+
+    monkeypatch.setattr(Budget, "detect", staticmethod(lambda: (None, "cgroup v2: controller(s) pids not available")))
+    monkeypatch.setattr(sandbox_module, "_NO_CGROUP_WARNED", threading.Event())
+    first = Sandbox(Limits(processes=32), workers=2)  # the probe runs a program on the fallback limits
+    Sandbox(Limits(processes=32), workers=2)
+    err = capsys.readouterr().err
+    assert err.count("WARNING: no cgroup") == 1 and first.budget is None
+    assert "pids not available" in err and "RLIMIT_NPROC 64" in err
