@@ -9,7 +9,10 @@ ones the languages need. ~40 s on 2 cores (tsc, javac and g++ with bits/stdc++.h
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,9 +20,8 @@ import pytest
 
 from evaluation.languages import LANGUAGES
 from evaluation.sandbox import Limits, Sandbox
-from evaluation.tasks import get, load_tasks
+from evaluation.tasks import get, load_tasks, multiple
 from evaluation.tasks.base import Answer, TaskContext, TaskError
-from evaluation.tasks import multiple
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"cpp": 161, "java": 158, "php": 161, "ts": 159, "cs": 158, "sh": 158, "js": 161, "rs": 156}
@@ -111,3 +113,24 @@ def test_install_script_provides_every_language():
     assert needed <= listed and "util-linux" in listed
     assert "bash deploy/install_languages.sh" in (REPO / ".ci" / "run").read_text()
     assert "RUN bash deploy/install_languages.sh" in (REPO / "Dockerfile").read_text()
+
+
+def test_command_line_scores_completions_and_generations(tmp_path):
+    """launch/evaluate.py with MultiPL-E's record kinds: a completion (cut at the stop token) and a generation
+    (prompt + body, scored as given), each limited to its task by "task"; a wrong completion fails."""
+    js_prompt = _add_problem("js")[1].prompt
+    records = [
+        {"task": "multiple_sh", "task_id": "HumanEval_53_add", "completion": BODIES["sh"][0] + AFTER},
+        {"task": "multiple_sh", "task_id": "HumanEval_23_strlen", "completion": "    echo 0\n}"},
+        {"task": "multiple_js", "task_id": "HumanEval_53_add", "generation": js_prompt + "    return x + y;\n}\n"},
+    ]
+    samples, rows_path = tmp_path / "samples.jsonl", tmp_path / "rows.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    completed = subprocess.run([sys.executable, "launch/evaluate.py", "--completions", str(samples), "--tasks",
+                                "multiple_sh,multiple_js", "--output", str(rows_path)], cwd=REPO,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = {(r["task"], r["task_id"]): r for r in map(json.loads, rows_path.read_text().splitlines())}
+    assert {key: row["passed"] for key, row in rows.items()} == {
+        ("multiple_sh", "HumanEval_53_add"): True, ("multiple_sh", "HumanEval_23_strlen"): False,
+        ("multiple_js", "HumanEval_53_add"): True}
