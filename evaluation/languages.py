@@ -8,7 +8,7 @@ neither a failed Debug.Assert nor an unhandled exception (mono exits 0 after a f
 Python is special: the jail executes it in its own interpreter (no second interpreter start, ~30 ms saved per
 program), the way the HumanEval harnesses do.
 
-`managed_runtime`: the JVM, V8 (node), mono and the Go/Rust toolchains reserve far more address space than they
+`managed_runtime`: the JVM, V8 (node), mono and the Go and Rust toolchains reserve far more address space than they
 use (the JVM alone maps a heap of 1/4 of the machine's RAM plus 1 GB of class space at start), so RLIMIT_AS
 breaks them; their memory is bounded by the program's cgroup only (evaluation/cgroup.py).
 """
@@ -61,5 +61,9 @@ LANGUAGES = {language.name: language for language in (
     Language("js", "test.js", ("node", "test.js"), managed_runtime=True, packages=("nodejs",)),
     Language("rs", "main.rs", ("./main",), ("rustc", "-o", "main", "main.rs"), managed_runtime=True,
              compile_seconds=30, packages=("rustc",)),
+    # `go test` builds and runs in one step (a build failure is "failed"); its cache lives in the private /tmp.
+    # Go >= 1.20 ships no compiled standard library: each program then compiles the packages it imports.
+    Language("go", "main_test.go", ("go", "test", "main_test.go"), env={"GOTOOLCHAIN": "local"},
+             managed_runtime=True, compile_seconds=60, packages=("golang-go",)),
 )}
 

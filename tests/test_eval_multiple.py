@@ -1,10 +1,10 @@
 """MultiPL-E in every language through the real sandbox: MultiPL-E publishes no reference solutions, so each
-language gets hand-written answers to HumanEval_53_add (x + y, in all eight files): a right one that passes, a
+language gets hand-written answers to HumanEval_53_add (x + y, in all nine files): a right one that passes, a
 wrong one (x - y) that fails, and for compiled languages one that does not compile. The answers are model-style
 completions with text after the language's stop token (a model keeps writing): the cut must remove it, or the
 program would not build. Also: the data is the upstream release byte for byte (sha256 checked at load, a
 changed byte refused), upstream ids and licence kept, and the packages the install script provides are the
-ones the languages need. ~40 s on 2 cores (tsc, javac and g++ with bits/stdc++.h dominate).
+ones the languages need. ~60 s on 2 cores (tsc, javac, go and g++ with bits/stdc++.h dominate).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from evaluation.tasks import get, load_tasks, multiple
 from evaluation.tasks.base import Answer, TaskContext, TaskError
 
 REPO = Path(__file__).resolve().parents[1]
-COUNTS = {"cpp": 161, "java": 158, "php": 161, "ts": 159, "cs": 158, "sh": 158, "js": 161, "rs": 156}
+COUNTS = {"cpp": 161, "java": 158, "php": 161, "ts": 159, "cs": 158, "sh": 158, "js": 161, "rs": 156, "go": 154}
 AFTER = "\n\nint unrelated() { this is not code of any language }\n"  # what follows the stop token
 
 # language -> (right body, wrong body, body that does not compile or ""), each continuing the prompt
@@ -37,6 +37,7 @@ BODIES = {
     "sh": ("    echo $(( $1 + $2 ))\n}", "    echo $(( $1 - $2 ))\n}", ""),
     "js": ("    return x + y;\n}\nfunction ", "    return x - y;\n}\nfunction ", ""),
     "rs": ("    x + y\n}", "    x - y\n}", "    x + y;\n}"),
+    "go": ("    return x + y\n}\nfunc", "    return x - y\n}\nfunc", ""),  # go test builds and runs: one step
 }
 
 

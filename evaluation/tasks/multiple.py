@@ -33,6 +33,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "multiple"
 SHA256 = {
     "cpp": "8717eabdf202137158c84506144b0fb1e73d5ecccbe5363ec79009ca014df629",
     "cs": "1c3fe18be10addc2d0b96311f4db192ae3232e08628d17768d889d6ab87be224",
+    "go": "7f5dfe3ff001049b1221e9d21a8119b5cbc38eb87c97fefc5d57fa7adc1df888",
     "java": "b21b015763452ec4f9f4e0e6425148ec331ace4da1232c8b4d441186185f6265",
     "js": "634e2eee8d6e22de07c121b972207683dd96be76256bf44bdfc1a3386b739287",
     "php": "bebd86875b1d8e65a8b7e692ed7bdf64612b44aa388825ea4dab40c7047c786b",
@@ -40,9 +41,9 @@ SHA256 = {
     "sh": "2f702106e9ce4aa7385de568d9248d6c57c90382d782b162cb9e072fbd01ccf8",
     "ts": "4b1af1050c9f226335d54a8c80553c39454a525cace3e67bdcfcc9092ba02637",
 }
-# The report's MultiPL-E columns (Rust is extra: not in that table).
+# The report's MultiPL-E columns (Rust and Go are extra: not in that table).
 COLUMNS = {"cpp": "MultiPL-E C++", "java": "MultiPL-E Java", "php": "MultiPL-E PHP", "ts": "MultiPL-E TS",
-           "cs": "MultiPL-E C#", "sh": "MultiPL-E Bash", "js": "MultiPL-E JS", "rs": ""}
+           "cs": "MultiPL-E C#", "sh": "MultiPL-E Bash", "js": "MultiPL-E JS", "rs": "", "go": ""}
 TS_STOPS = ("\nexport", "\nimport", "\nexport default", "\nimport default", "\nconsole.log")
 CPP_INCLUDES = ("#include<stdlib.h>", "#include<algorithm>", "#include<math.h>", "#include<stdio.h>",
                 "#include<vector>", "#include<string>", "#include<climits>", "#include<cstring>",
