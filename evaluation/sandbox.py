@@ -10,16 +10,17 @@ Isolation (Linux namespaces through util-linux `unshare`; evaluation/jail.py doc
 - one budget for the whole program (evaluation/cgroup.py): a cgroup per program caps the memory (1 GiB) and
   the processes + threads (256) of the program and everything it starts, compilers included. Where the host
   allows no cgroup, a warning says so once and the limits fall back to per-process RLIMIT_AS and the uid-wide
-  RLIMIT_NPROC (shared by all programs running at once);
+  RLIMIT_NPROC (64 per worker, shared by all programs running at once);
 - wall clock: when it runs out, or when the program ends, the evaluator SIGKILLs the namespace's PID 1 through a
   pidfd (the kernel then kills every process of the namespace: setsid() or a double fork does not escape) and
   every process left in the program's cgroup; RLIMIT_CPU and RLIMIT_FSIZE too;
 - output: read through a pipe, at most `Limits.output_mb` (then the program is killed: status output_limit);
   its first 16 KiB and last 48 KiB are kept, so neither the evaluator's memory nor its disk fills.
 A verdict is only as trustworthy as the interpreter it runs in: Python programs run their tests in the jail's
-own interpreter (as every HumanEval harness does), so a program can forge "passed" (e.g. by redefining
-its checker, or by finding the jail's nonce in its own interpreter's frames and printing it before exiting 0). The sandbox protects the machine,
-not the score: pass@1 is a benchmark, not a reward for untrusted optimisation.
+own interpreter (as every HumanEval harness does), so a program can forge "passed" (by redefining what its tests
+call, or by finding the jail's nonce in the caller's frame and printing it before exiting 0); a compiled
+program is its own test runner. The sandbox protects the machine, not the score: pass@1 is a benchmark, not a
+reward for untrusted optimisation.
 Creating namespaces needs root or unprivileged user namespaces plus CAP_SYS_ADMIN inside them; the sandbox is
 probed once before any program runs and, if the kernel refuses, SandboxUnavailable says how to allow it.
 `unsafe=True` (launch/evaluate.py --unsafe-no-sandbox) is the one explicit way to run without namespaces: same
