@@ -14,8 +14,8 @@ program's cgroup). It reads its job as JSON on stdin, then:
      the interpreter's prefix, "keep", is bound back read-only when it lies under one of them),
      and a /proc of the new PID namespace (no other process, no other process's environment, is visible);
   3. drops to uid/gid 65534 (nobody) with no supplementary groups and no_new_privs (setuid binaries inert),
-     sets RLIMIT_AS (memory; not for managed runtimes, see languages.py), RLIMIT_CPU, RLIMIT_FSIZE and
-     RLIMIT_NPROC, and runs the program in /tmp: Python in this interpreter, other languages as the job's
+     sets RLIMIT_AS (memory; not for managed runtimes, see languages.py), RLIMIT_CPU, RLIMIT_FSIZE and,
+     when no cgroup bounds the program, RLIMIT_NPROC, and runs the program in /tmp: Python in this interpreter, other languages as the job's
      compile and run commands, one after the other, on the source file it writes there.
 The environment is already empty apart from PATH/HOME/TMPDIR/LANG: sandbox.py starts unshare with that alone.
 Exit codes: 0 and the nonce on stdout = the program finished; 1 AssertionError or a run command that failed;
@@ -99,7 +99,7 @@ def confine(job):
 def limit(job):
     for name, value in (("RLIMIT_AS", job["address_space_bytes"]), ("RLIMIT_CPU", job["cpu_seconds"]),
                         ("RLIMIT_FSIZE", job["file_bytes"]), ("RLIMIT_NPROC", job["processes"])):
-        if value:  # 0: not limited this way (RLIMIT_AS for managed runtimes)
+        if value:  # 0: not limited this way (RLIMIT_AS for managed runtimes, RLIMIT_NPROC under a cgroup)
             resource.setrlimit(getattr(resource, name), (value, value))
 
 

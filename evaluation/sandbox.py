@@ -176,7 +176,9 @@ class Sandbox:
         # Python is one interpreter: RLIMIT_AS gives a clean MemoryError. Managed runtimes reserve far more
         # address space than they use: only the cgroup limits them (and nothing does without one).
         address_space = 0 if spec.managed_runtime else limits.memory_mb << 20
-        processes = limits.processes if self.budget else self.uid_processes
+        # with a cgroup its pids limit bounds the program; RLIMIT_NPROC (uid-wide) would count the other
+        # programs running in parallel against it
+        processes = 0 if self.budget else self.uid_processes
         return json.dumps({
             "code": code, "nonce": nonce, "hide": self.hide, "keep": KEEP, "unsafe": self.unsafe,
             "tmp_bytes": limits.tmp_mb << 20, "address_space_bytes": address_space,
