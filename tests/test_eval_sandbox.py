@@ -25,7 +25,8 @@ import pytest
 
 from evaluation.cgroup import Budget
 from evaluation.sandbox import LanguageUnavailable, Limits, Sandbox, SandboxUnavailable
-from evaluation.tasks import load_tasks
+from evaluation.tasks import get, load_tasks
+from evaluation.tasks.base import Answer
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "wandb-secret-" + uuid.uuid4().hex
@@ -117,11 +118,11 @@ def test_nothing_reached_the_host(scored, listener):
 def test_controls_without_isolation_do_the_harm(scored, listener):
     """The same network and secret programs pass when run plainly: the sandbox, not the code, stopped them."""
     cases, _, _, _ = scored
-    problems = {p.task_id: p for p in load_tasks(["humaneval"])["humaneval"]}
+    problems, task = {p.task_id: p for p in load_tasks(["humaneval"])["humaneval"]}, get("humaneval")
     before = len(listener[1])
     for case in ("network", "secret"):
         task_id, completion, _ = cases[case]
-        program = problems[task_id].program(completion)
+        program = task.program(problems[task_id], task.head(problems[task_id], Answer(completion))[1])
         plain = subprocess.run([sys.executable, "-c", program], env=dict(os.environ, WANDB_API_KEY=SECRET),
                                capture_output=True, text=True, timeout=60)
         assert plain.returncode == 0, plain.stderr[-1000:]
