@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
 JAVATUPLES = "/usr/share/java/javatuples.jar"  # Debian libjavatuples-java (1.2, what MultiPL-E's tests import)
+# Runtimes size their thread pools by the machine's CPUs (a JVM on 64 cores: ~100 threads; `go build` runs one
+# compiler per CPU): sized for 2 CPUs they stay well inside the program's process budget (Limits.processes,
+# threads included) on any machine. No perf-data file in /tmp for the JVM.
+JVM = ("-XX:-UsePerfData", "-XX:ActiveProcessorCount=2")
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,8 @@ LANGUAGES = {language.name: language for language in (
     Language("python", "", ()),  # executed in the jail's own interpreter, see above
     Language("cpp", "test.cpp", ("./a.out",), ("g++", "-std=c++17", "test.cpp", "-lcrypto", "-lssl"),
              compile_seconds=30, packages=("g++", "libssl-dev")),  # HumanEval_162 (md5) links OpenSSL
-    Language("java", "Problem.java", ("java", "-ea", "-XX:-UsePerfData", "-cp", f".:{JAVATUPLES}", "Problem"),
-             ("javac", "-encoding", "UTF8", "-J-XX:-UsePerfData", "-cp", JAVATUPLES, "Problem.java"),
+    Language("java", "Problem.java", ("java", "-ea", *JVM, "-cp", f".:{JAVATUPLES}", "Problem"),
+             ("javac", "-encoding", "UTF8", *(f"-J{flag}" for flag in JVM), "-cp", JAVATUPLES, "Problem.java"),
              managed_runtime=True, compile_seconds=30,
              packages=("openjdk-17-jdk-headless", "libjavatuples-java")),
     Language("php", "test.php", ("php", "-f", "test.php"), packages=("php-cli",)),
@@ -59,11 +63,13 @@ LANGUAGES = {language.name: language for language in (
              managed_runtime=True, compile_seconds=30, packages=("mono-mcs", "mono-runtime")),
     Language("sh", "test.sh", ("bash", "test.sh"), packages=("bash",)),
     Language("js", "test.js", ("node", "test.js"), managed_runtime=True, packages=("nodejs",)),
-    Language("rs", "main.rs", ("./main",), ("rustc", "-o", "main", "main.rs"), managed_runtime=True,
+    Language("rs", "main.rs", ("./main",), ("rustc", "-C", "codegen-units=1", "-o", "main", "main.rs"),
+             managed_runtime=True,
              compile_seconds=30, packages=("rustc",)),
     # `go test` builds and runs in one step (a build failure is "failed"); its cache lives in the private /tmp.
     # Go >= 1.20 ships no compiled standard library: each program then compiles the packages it imports.
-    Language("go", "main_test.go", ("go", "test", "main_test.go"), env={"GOTOOLCHAIN": "local"},
+    Language("go", "main_test.go", ("go", "test", "main_test.go"),
+             env={"GOTOOLCHAIN": "local", "GOMAXPROCS": "2", "GOFLAGS": "-p=2"},
              managed_runtime=True, compile_seconds=60, packages=("golang-go",)),
 )}
 
