@@ -7,7 +7,10 @@ network, the environment and the hidden directory by running the same code witho
   -> memory_limit, and the evaluator goes on scoring; TCP connect to a listener on the host's 127.0.0.1 ->
   failed, the listener sees no connection; WANDB_API_KEY set for the evaluator -> invisible; writes into the
   repository (read-only) and into /tmp (private) -> nothing on the host.
-Cost ~15 s on 2 cores (the loop waits out its 5 s limit).
+Then escapes that per-process limits and process-group kills let through, each with a control that shows the
+harm without the fix: setsid() + double fork (no process outlives the program), forked children and spawned
+processes (one memory and one process budget per program, cgroup), 1 GiB of output (capped); and the stated
+limit that a Python program can forge its verdict. Cost ~25 s on 2 cores.
 """
 from __future__ import annotations
 
