@@ -57,9 +57,9 @@ def main() -> None:
         _, head = task.head(problem, Answer(sample["completion"]))
         ours = sandbox.run(task.program(problem, head), task.language)
         theirs = official(args.qwen, task.language, problem, sample["completion"], args.timeout)
-        rows.append(dict(task=task.name, task_id=problem.task_id, case=sample["case"], ours=ours.status,
-                         theirs=theirs.splitlines()[0][:80] if theirs else "", agree=ours.passed == (theirs == "passed")))
-        row = rows[-1]
+        row = dict(task=task.name, task_id=problem.task_id, case=sample["case"], ours=ours.status,
+                   theirs=theirs.splitlines()[0][:80] if theirs else "", agree=ours.passed == (theirs == "passed"))
+        rows.append(row)
         print(f"{row['task']:<14} {row['task_id']:<22} {row['case']:<20} ours {row['ours']:<14} "
               f"theirs {row['theirs'][:40]:<40} {'' if row['agree'] else 'DIFFERENT'}", flush=True)
     print(f"{sum(not r['agree'] for r in rows)} of {len(rows)} verdicts differ")
