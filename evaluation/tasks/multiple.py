@@ -21,13 +21,13 @@ oracle; tests/test_eval_multiple.py runs hand-written right and wrong programs p
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from pathlib import Path
 from typing import List, Tuple
 
 from evaluation.problem import Problem
 from evaluation.tasks.base import Answer, Task, TaskContext, TaskError
+from evaluation.tasks.data_files import verified_bytes
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "multiple"
 SHA256 = {
@@ -56,12 +56,8 @@ CS_USINGS = ("using System.Numerics;", "using System.Diagnostics;", "using Syste
 @functools.lru_cache(maxsize=None)
 def records(language: str) -> Tuple[dict, ...]:
     """The language's problems, after checking the file is the upstream release byte for byte."""
-    path = DATA / f"humaneval-{language}.jsonl"
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != SHA256[language]:
-        raise TaskError(f"{path} is not the MultiPL-E release this evaluation was built on (sha256 {digest}, "
-                        f"expected {SHA256[language]}): restore it with `git checkout -- {path.name}`")
+    data = verified_bytes(DATA / f"humaneval-{language}.jsonl", SHA256[language],
+                          "restore it from this repository (git checkout -- evaluation/data/multiple)")
     return tuple(json.loads(line) for line in data.decode().splitlines() if line.strip())
 
 
