@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from data.tokenizer import EOD, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, IM_END, SPECIAL_TOKENS, load_tokenizer
-from evaluation.tasks import Problem, truncate
+from evaluation.problem import Problem, truncate
 
 END_IDS = frozenset(SPECIAL_TOKENS[t] for t in (EOD, FIM_PAD, IM_END))
 DEFAULT_BATCH_SIZE = 16  # problems decoded together (--batch-size)
@@ -104,7 +104,8 @@ class Completer:
         batches: List[List[int]] = []
         for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
             first = batches[-1][0] if batches else None
-            if first is None or len(batches[-1]) == self.batch_size or len(prompts[i]) - len(prompts[first]) > limits[i]:
+            full = first is not None and len(batches[-1]) == self.batch_size
+            if first is None or full or len(prompts[i]) - len(prompts[first]) > limits[i]:
                 batches.append([])
             batches[-1].append(i)
         return batches

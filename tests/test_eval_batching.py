@@ -7,6 +7,7 @@ row early. Negative controls: padding fed as if it were prompt (megatron) or wit
 end-to-end test in tests/test_eval_models.py."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -14,14 +15,14 @@ import torch
 
 from data.tokenizer import load_tokenizer
 from evaluation.generate import END_IDS, Completer, greedy_batch, prompt_ids
-from evaluation.tasks import FIM_STOPS, HUMANEVAL_STOPS, Problem
+from evaluation.problem import Problem
 
 CODE = "def add(a, b):\n    return a + b\n\n\ndef fizzbuzz(n: int) -> str:\n    \"\"\"FizzBuzz of n.\"\"\"\n"
 PROBLEMS = [  # different lengths, two FIM prompts, budgets of 5 to 14 tokens
     Problem("plain/long", CODE * 3, "", "", max_new_tokens=14),
     Problem("plain/short", "import os\n", "", "", max_new_tokens=9),
-    Problem("fim/a", CODE, "", "", suffix="\n    return str(n)\n", fim=True, stops=FIM_STOPS, max_new_tokens=12),
-    Problem("fim/b", "x = [", "", "", suffix="]\nprint(x)\n", fim=True, stops=FIM_STOPS, max_new_tokens=5),
+    Problem("fim/a", CODE, "", "", suffix="\n    return str(n)\n", fim=True, max_new_tokens=12),
+    Problem("fim/b", "x = [", "", "", suffix="]\nprint(x)\n", fim=True, max_new_tokens=5),
     Problem("plain/mid", CODE, "", "", max_new_tokens=11),
 ]
 # stop sequences that trigger nowhere on these prompts: the stop-rule case is added from the decoded text
@@ -29,8 +30,7 @@ NO_STOPS = ("\u2603never\u2603",)
 
 
 def with_stops(problems, stops):
-    return [Problem(p.task_id, p.prompt, p.reference, p.test, p.suffix, p.fim, stops[p.task_id], p.max_new_tokens)
-            for p in problems]
+    return [dataclasses.replace(p, stops=stops[p.task_id]) for p in problems]
 
 
 def one_at_a_time(decode, problems):

@@ -6,8 +6,8 @@ split 60,40,0) (first 3 problems each, up to 12 new tokens; any score), decoded 
 - through the same checkpoint at PP2 (`--pp 2`: resharded on load, one full forward per step through the pipeline),
 - through its Hugging Face export (launch/convert.py export -> transformers' batched generate, one process);
 the completions must be identical, and equal transformers' own `generate` (greedy) on each prompt alone, cut
-at the same stop sequences: an independent, unbatched decoding loop. The run directory's metrics.jsonl gets the summary
-at the checkpoint's step. Cost ~2.5 min on 2 cores (training ~50 s, TP2 and PP2 evaluations ~40 s each,
+at the same stop sequences: an independent, unbatched decoding loop. The run directory's metrics.jsonl gets the
+summary at the checkpoint's step. Cost ~2.5 min on 2 cores (training ~50 s, TP2 and PP2 evaluations ~40 s each,
 export + HF ~25 s).
 """
 from __future__ import annotations
@@ -22,7 +22,9 @@ import pytest
 import torch
 
 from evaluation.generate import END_IDS, prompt_ids
-from evaluation.tasks import load_tasks, truncate
+from evaluation.problem import truncate
+from evaluation.tasks import load_tasks
+from evaluation.tasks.base import TaskContext
 from tests.run_helpers import FAST, environment, prepare_code_dataset, run_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +85,7 @@ def test_completions_equal_transformers_generate(evaluated):
     tokenizer = load_tokenizer("qwen2.5")
     model = AutoModelForCausalLM.from_pretrained(str(work / "hf"), dtype=torch.float32).eval()
     prefix = str(work / "stdlib_subset")
-    for problems in load_tasks(["humaneval", "humaneval_fim", "fim_heldout"], 2, prefix, "60,40,0").values():
+    for problems in load_tasks(["humaneval", "humaneval_fim", "fim_heldout"], 2, TaskContext(prefix, "60,40,0")).values():
         for problem in problems:
             ids = torch.tensor([prompt_ids(tokenizer, problem)])
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,

@@ -65,7 +65,8 @@ def test_help_info_and_shell_completion(empty_cwd):
     assert "seq_length:" in done.stdout and "Powered by Hydra" in done.stdout
     done = app("pretrain.py", "+recipe=tiny", "--info", "searchpath", cwd=empty_cwd)
     assert done.returncode == 0 and "Config search path" in done.stdout, done.stderr
-    assert any(line.startswith("| main") and line.rstrip(" |").endswith("/recipes") for line in done.stdout.splitlines())
+    rows = done.stdout.splitlines()
+    assert any(row.startswith("| main") and row.rstrip(" |").endswith("/recipes") for row in rows), done.stdout
     done = app("pretrain.py", "--shell-completion", "install=bash", cwd=empty_cwd)
     assert done.returncode == 0 and "hydra_bash_completion()" in done.stdout, done.stderr
 
