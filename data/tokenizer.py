@@ -21,6 +21,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import importlib.util
+import json
 import unicodedata
 from collections import OrderedDict
 from pathlib import Path
@@ -142,6 +143,10 @@ class Tokenizer:
     vocab_size: int
     eod: int
     special: Dict[str, int]
+    fingerprint: str  # sha256 naming the exact id assignment (see tokenizer_identity)
+    # {prefix: content fingerprint} of the sources megatron builds datasets from with this tokenizer; part of
+    # unique_identifiers, so megatron's index cache is keyed by the data's content (data.datasets sets it).
+    data_fingerprints: Optional[Dict[str, str]] = None
 
     def encode(self, text: str) -> List[int]:
         """Token ids of `text` as ordinary text (a literal "<|endoftext|>" stays text)."""
@@ -171,12 +176,21 @@ class Tokenizer:
         special_ids = set(self.special.values())
         return {i: self.id_to_bytes(i) for i in range(self.vocab_size) if i not in special_ids}
 
+    def identity(self) -> Dict[str, object]:
+        """What a prepared source's report and a checkpoint record of the tokenizer (see tokenizer_identity)."""
+        return {"name": self.name, "vocab_size": self.vocab_size, "fingerprint": self.fingerprint}
+
     @property
-    def unique_identifiers(self) -> "OrderedDict[str, str]":
-        """Key for megatron's dataset index cache."""
-        return OrderedDict(
-            [("class", f"{type(self).__module__}.{type(self).__qualname__}"), ("name", self.name)]
+    def unique_identifiers(self) -> "OrderedDict[str, object]":
+        """Key for megatron's dataset index cache: the tokenizer and, when set, the data's content fingerprints
+        (megatron's own key is path, split, seed and length: a re-prepared prefix would reuse stale indices)."""
+        key = OrderedDict(
+            [("class", f"{type(self).__module__}.{type(self).__qualname__}"), ("name", self.name),
+             ("fingerprint", self.fingerprint)]
         )
+        if self.data_fingerprints:
+            key["data"] = dict(sorted(self.data_fingerprints.items()))
+        return key
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size})"
@@ -191,6 +205,7 @@ class QwenTokenizer(Tokenizer):
         self.ranks_path = Path(ranks_path) if ranks_path is not None else find_ranks_file()
         self.name = "qwen2.5"
         self.vocab_size = VOCAB_SIZE
+        self.fingerprint = QWEN_FINGERPRINT
         self.eod = SPECIAL_TOKENS[EOD]
         self.special = dict(SPECIAL_TOKENS)
         self._tiktoken_encoding = None
@@ -255,6 +270,28 @@ class QwenTokenizer(Tokenizer):
         self.__init__(Path(state["ranks_path"]), backend=state["backend"])
 
 
+def _fingerprint(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+# The offline Qwen2.5 tokenizer is fixed by the pinned ranks file and the special table: its fingerprint needs
+# neither the file nor tiktoken, so every rank checks a source's report against it in microseconds.
+QWEN_FINGERPRINT = _fingerprint({"ranks_sha256": RANKS_SHA256, "special": SPECIAL_TOKENS})
+
+
+def tokenizer_identity(spec: str) -> Dict[str, object]:
+    """{name, vocab_size, fingerprint} of a tokenizer spec, as prepared-data reports and checkpoints record it.
+
+    The fingerprint is a sha256 of the id assignment: for 'qwen2.5' the pinned ranks file's sha256 plus the
+    special ids (computed without loading anything); for a Hugging Face directory its vocabulary (token -> id,
+    added tokens included), so two directories that assign the same ids agree. Two tokenizers with different
+    fingerprints give different ids for some text: data written by one is foreign to the other.
+    """
+    if spec in QWEN_SPECS:
+        return {"name": "qwen2.5", "vocab_size": VOCAB_SIZE, "fingerprint": QWEN_FINGERPRINT}
+    return load_tokenizer(spec).identity()
+
+
 def _load_gigatoken(ranks_path: Path, required: bool):
     try:
         import gigatoken
@@ -294,6 +331,7 @@ class HFTokenizer(Tokenizer):
             raise ValueError(f"{path}: re-flagging its added tokens as special changed their ids")
         self._hf.encode_special_tokens = True
         self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+        self.fingerprint = _fingerprint(sorted(self._hf.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1]))
         self.special = {}
         for name in SPECIAL_TOKENS:
             token_id = self._hf.token_to_id(name)
