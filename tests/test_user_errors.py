@@ -52,6 +52,21 @@ def test_missing_data_prefix_fails_before_the_model_build(tmp_path):
     assert "data.datasets.DataValidationError: data source 'code'" in out
 
 
+def test_sft_strict_bad_line_on_two_ranks_is_one_message(tmp_path):
+    chat = tmp_path / "chat.jsonl"
+    good = {"messages": [{"role": "user", "content": "Sort a list?"}, {"role": "assistant", "content": "sorted(x)"}]}
+    chat.write_text("".join(json.dumps(good) + "\n" for _ in range(20)) + '{"messages": [unterminated\n')
+    done, out = pretrain(["+recipe=tiny", "stage=sft", "data.strict=true", "train.seq_length=64",
+                          "train.micro_batch_size=2", "train.global_batch_size=4", "data.num_workers=0",
+                          f"data.sources=[{{name: chat, prefix: {chat}, weight: 1.0}}]"], tmp_path, torchrun=True)
+    assert done.returncode != 0
+    assert out.count("error: data.strict=true: 1 malformed input record(s)") == 1, out  # rank 0 only
+    assert f"{chat}:21" in out and "Fix or remove these records" in out
+    assert "Traceback" not in out and "ChildFailedError" not in out, out
+    errors = out[out.index("error: "):].splitlines()
+    assert len(errors) <= 5, out  # the message: what, the reason with its example line, the fix
+
+
 def test_malformed_checkpoint_path_says_what_was_looked_for(tmp_path):
     done, out = pretrain(["+recipe=tiny", "parallel.tp=1", f"checkpoint.load={tmp_path / 'ckpt' / 'typo'}"], tmp_path)
     assert done.returncode == 2 and "Traceback" not in out
