@@ -43,6 +43,14 @@ def baseline(work):
     return run_dir
 
 
+def test_checkpoints_record_the_tokenizer(baseline):
+    from data.tokenizer import QWEN_FINGERPRINT, VOCAB_SIZE
+    from train.checkpoint import recorded_tokenizer
+
+    latest = baseline / "checkpoints" / (baseline / "checkpoints" / "latest").read_text().strip()
+    assert recorded_tokenizer(latest) == {"name": "qwen2.5", "vocab_size": VOCAB_SIZE, "fingerprint": QWEN_FINGERPRINT}
+
+
 def test_sigkill_then_restart_reproduces_every_later_loss_bit_for_bit(work, baseline):
     root, prefix = work
     run_dir = root / "killed"
