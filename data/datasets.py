@@ -10,13 +10,12 @@ build_pretrain_datasets() is what the training loop calls. It
    BlendedMegatronDatasetBuilder with the normalised weights (default code 0.7 / text 0.2 / math 0.1).
    megatron's blending index is deterministic and greedy: after n samples every source is within one sample
    of weight x n. FIM is per source (source_fim_rate): code gets data.fim_rate, sources prepared as text
-   (data/prepare.py --mode text, recorded in PREFIX.report.json) get none, as in the Qwen2.5-Coder paper.
-
+   (data/prepare.py --mode text, recorded in PREFIX.report.json) get none, as in the Qwen2.5-Coder paper;
 3. checks each source's integrity first (summarize_source): the .idx's total bytes equal the .bin's size, the
    report (PREFIX.report.json) belongs to this pair (sizes and .idx sha256) and names the recipe's tokenizer
    (fingerprint); a source without a report gets a memory-mapped max-id scan against the vocabulary
-   (numpy's max over the .bin: 1.15 GB/s wall from page cache on a busy 2-core machine). Foreign data would train
-   on wrong tokens or fail at step 1 with an IndexError deep in the embedding;
+   (numpy's max over the .bin: 1.15 GB/s wall from page cache on a busy 2-core machine). Foreign data would
+   train on wrong tokens or fail at step 1 with an IndexError deep in the embedding;
 4. keys megatron's index cache by content: megatron's own key is the prefix path, split, seed and length, so
    re-preparing a prefix would reuse indices of the old documents (rows past the new documents' ends, or an
    IndexError). The tokenizer's unique_identifiers, part of that key, carry each source's content
