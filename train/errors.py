@@ -1,9 +1,10 @@
 """Errors a user causes end a run with one message: printed once (global rank 0), no traceback, exit status 2.
 
 A user error is one the command line or the files it names can fix: the recipe (Hydra composition, schema
-values, layout rules), data sources (data.strict's malformed lines too), checkpoint paths, a run directory another live run holds. Each already says
-what is wrong and how to fix it, so a traceback adds ~40 lines of noise per rank and hides the message. Anything
-else is a bug and keeps its traceback; HYDRA_FULL_ERROR=1 (Hydra's own switch) re-raises user errors too.
+values, layout rules), data sources (data.strict's malformed lines too), checkpoint paths, a run directory
+another live run holds. Each already says what is wrong and how to fix it, so a traceback adds ~40 lines of
+noise per rank and hides the message. Anything else is a bug and keeps its traceback; HYDRA_FULL_ERROR=1
+(Hydra's own switch) re-raises user errors too.
 
 Under torchrun, any worker exiting non-zero makes the launcher print a ChildFailedError report with its own
 traceback (33 lines for 2 ranks, torch 2.13) after our message, and torchrun has no switch to silence it. So
