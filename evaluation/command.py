@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from evaluation.harness import CompletionsError, answers_for, evaluate, read_completions
 from evaluation.report import table
@@ -12,6 +13,8 @@ from evaluation.run_log import log_summaries, run_dir_of
 from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
 from evaluation.tasks import expand, get, load_tasks
 from evaluation.tasks.base import TaskContext
+
+PRIVATE_TMP = Path("/tmp").resolve()
 
 
 def model_completer(args):
@@ -40,7 +43,9 @@ def run(args) -> int:
         if args.unsafe_no_sandbox:
             print("WARNING: --unsafe-no-sandbox: model-written code runs with your network and files", flush=True)
         run_dir = args.checkpoint and run_dir_of(args.checkpoint)  # hidden even when a step dir is named
-        hide = [p for p in (args.checkpoint, run_dir, args.hf, args.output and args.output.parent) if p]
+        # /tmp is the program's own private tmpfs already: hiding it (an --output file there) would leave none
+        hide = [p for p in (args.checkpoint, run_dir, args.hf, args.output and args.output.parent)
+                if p and Path(p).resolve() != PRIVATE_TMP]
         # probed on every rank before the model is built: a refusal stops all ranks alike
         sandbox = Sandbox(Limits(args.timeout, args.memory_mb), hide, args.workers, args.unsafe_no_sandbox)
         completer, rank = model_completer(args) if args.hf or args.checkpoint else (None, 0)
