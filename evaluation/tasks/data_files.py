@@ -1,0 +1,24 @@
+"""Benchmark files are read only after their sha256 matches the one recorded beside the task: a changed or
+truncated file would change every score silently."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+class DataFileError(ValueError):
+    """A benchmark file that is missing or is not the recorded upstream release."""
+
+
+def verified_bytes(path: Path, sha256: str) -> bytes:
+    path = Path(path)
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise DataFileError(f"cannot read benchmark file {path} ({error.strerror}): restore it from the upstream "
+                            "release named in the README beside it") from None
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != sha256:
+        raise DataFileError(f"{path} has sha256 {digest}, expected {sha256}: it is not the upstream release; "
+                            "restore the original file (see the README beside it)")
+    return content
