@@ -5,23 +5,27 @@ Qwen published for its own models' generations), hm_fim vs Qwen's fim-bench scor
     python bench/eval_parity.py --human-eval-infilling ../human-eval-infilling --cruxeval ../cruxeval \\
         --qwen ../Qwen2.5-Coder [--hm-fim train.parquet] [--output bench/eval_parity.json]
 
-Each checkout's official code runs from a temporary copy (human-eval-infilling's commented-out exec line
-enabled, as its README instructs; Qwen's vllm/rich/fuzzywuzzy imports stubbed: scoring does not use them).
-Completions with real failures:
+Ours is the product path: the task's problems, evaluation.harness.score and the sandbox. Each checkout's
+official code runs from a temporary copy (human-eval-infilling's commented-out exec line enabled, as its README
+instructs; Qwen's vllm/rich/fuzzywuzzy imports stubbed: its scoring does not use them). Completions with real
+failures:
 - fim_singleline: the canonical line, the line without its newline, the next task's line, a flipped operator
   or constant (4 x 1,033);
 - CRUXEval: the generations Qwen2.5-Coder-1.5B and -7B base published (qwencoder-eval/base/outptus), raw text
-  after the prompt (4 x 800): our extraction vs theirs, our verdict vs CRUXEval's scorer vs the published one;
-- hm_fim: the canonical line, with a leading newline, with a leading " \\n", with a leading "  \\n" (Qwen's rule
-  skips only the first two), followed by another line, after an empty first line, a flipped operator (7 x 4,792); and the prompt ids we build vs the ids of Qwen's prompt
-  string under the Hugging Face Qwen2 tokenizer.
-Writes per-task agreement counts and a replay sample (completions + official verdicts) that
+  after the prompt (4 x 800): our prompt vs theirs, our extraction vs theirs, our verdict vs CRUXEval's scorer
+  (run on their extraction) vs the verdict they published;
+- hm_fim: the canonical line; with a leading "\\n", " \\n" or "  \\n" (Qwen's rule skips only the first two);
+  followed by the next line; after an empty first line; a flipped operator (7 x 4,792); and our prompt ids vs
+  the ids of Qwen's prompt string under the Hugging Face Qwen2 tokenizer.
+Writes per-set agreement counts and a replay sample (completions + official verdicts) that
 tests/test_eval_parity.py re-scores in the suite.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -31,12 +35,15 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from evaluation.sandbox import Limits, Sandbox
-from evaluation.tasks import cruxeval, fim_singleline, hm_fim
+from evaluation.harness import score
+from evaluation.sandbox import Sandbox
+from evaluation.tasks import cruxeval, get, hm_fim
+from evaluation.tasks.base import TaskContext
 
 REPLAY_PER_SET = 40
 FLIPS = [("==", "!="), ("!=", "=="), ("<=", "<"), (">=", ">"), (" < ", " <= "), (" > ", " >= "), (" + ", " - "),
          (" - ", " + "), ("True", "False"), ("False", "True"), ("0", "1"), ("1", "2")]
+QWEN_HM_FIM = "qwencoder-eval/base/benchmarks/fim-bench/hm_fim/data/train.parquet"
 QWEN_OUTPUTS = "qwencoder-eval/base/outptus/qwen2.5-coder/{model}-base/cruxeval/{mode}-cot/"
 
 
@@ -78,71 +85,72 @@ def summarize(rows: list) -> dict:
 
 # ------------------------------------------------------------------------------------------ fim_singleline
 def fim_singleline_parity(official_repo: Path, scratch: Path, sandbox: Sandbox, workers: int) -> dict:
-    package = checkout(official_repo, scratch / "human-eval-infilling")
+    package = checkout(official_repo, scratch / "human-eval-infilling", "human_eval_infilling",
+                       "data/HumanEval-SingleLineInfilling.jsonl.gz")
     execution = package / "human_eval_infilling" / "execution.py"
     execution.write_text(execution.read_text().replace("#                     exec(check_program, exec_globals)",
                                                        "                    exec(check_program, exec_globals)"))
     sys.path.insert(0, str(package))
+    from human_eval_infilling.data import read_problems
+
     from human_eval_infilling.execution import check_correctness
 
-    records = fim_singleline.records()
-    sets = {"canonical": [r["canonical_solution"] for r in records],
-            "no_newline": [r["canonical_solution"].rstrip("\n") for r in records],
-            "next_line": [records[(i + 1) % len(records)]["canonical_solution"] for i in range(len(records))],
-            "flipped": [flip(r["canonical_solution"]) for r in records]}
+    official_problems = read_problems("single-line")  # the package's own copy of the data
+    task = get("fim_singleline")
+    problems = task.problems(0, TaskContext())
+    references = [p.reference for p in problems]
+    sets = {"canonical": references, "no_newline": [r.rstrip("\n") for r in references],
+            "next_line": references[1:] + references[:1], "flipped": [flip(r) for r in references]}
     result = {}
     for name, completions in sets.items():
         with ThreadPoolExecutor(workers) as pool:  # as evaluate_functional_correctness runs it: 3 s per program
-            official = list(pool.map(lambda pair: check_correctness(pair[0], pair[1], 3.0)["passed"],
-                                     zip(records, completions)))
-        ours = [o.passed for o in sandbox.run_all([r["prompt"] + c + r["suffix"] + fim_singleline.test_code(r)
-                                                   for r, c in zip(records, completions)])]
-        rows = [dict(task_id=r["task_id"], completion=c, official=o, ours=u)
-                for r, c, o, u in zip(records, completions, official, ours)]
-        result[name] = dict(summarize(rows), replay=[{k: r[k] for k in ("task_id", "completion", "official")}
-                                                     for r in replay_sample(rows, len(result))])
+            official = list(pool.map(lambda pair: check_correctness(*pair, 3.0)["passed"],
+                                     [(official_problems[p.task_id], c) for p, c in zip(problems, completions)]))
+        rows = score(task, problems, {p.task_id: c for p, c in zip(problems, completions)}, sandbox)
+        compared = [dict(task_id=p.task_id, completion=c, official=o, ours=r["passed"])
+                    for p, c, o, r in zip(problems, completions, official, rows)]
+        result[name] = dict(summarize(compared), replay=[{k: r[k] for k in ("task_id", "completion", "official")}
+                                                         for r in replay_sample(compared, len(result))])
         print("fim_singleline", name, {k: v for k, v in result[name].items() if k != "replay"}, flush=True)
     return result
 
 
 # ------------------------------------------------------------------------------------------ CRUXEval
-def cruxeval_parity(official_repo: Path, qwen: Path, scratch: Path, workers: int) -> dict:
-    code = checkout(official_repo, scratch / "cruxeval")
+def cruxeval_parity(official_repo: Path, qwen: Path, scratch: Path, sandbox: Sandbox, workers: int) -> dict:
+    code = checkout(official_repo, scratch / "cruxeval", "evaluation")
     sys.path.insert(0, str(code / "evaluation"))
     from utils_general import evaluate_score
 
     records = cruxeval.records()
+    references = [(r["code"], r["input"], r["output"]) for r in records]
     result = {}
     for mode in ("input", "output"):
-        sandbox = Sandbox(Limits(timeout_s=cruxeval.TIMEOUT_S), workers=workers)
+        task = get(f"cruxeval_{mode}_cot")
+        problems = task.problems(0, TaskContext())
         for model in ("1.5b", "7b"):
             folder = QWEN_OUTPUTS.format(model=model, mode=mode)
             raw = json.loads(git_show(qwen, folder + "completion_raw.json"))
-            extracted = json.loads(git_show(qwen, folder + "completion.json"))
+            theirs = json.loads(git_show(qwen, folder + "completion.json"))
             published = json.loads(git_show(qwen, folder + "completion_scored.json"))["raw_scored_generations"]
-            rows = []
-            for record in records:
-                text = raw[record["id"]][0]
-                prompt = cruxeval.prompt(record, mode)
-                rows.append(dict(task_id=record["id"], prompt_equal=text.startswith(prompt),
-                                 generation=text[len(prompt):], theirs=extracted[record["id"]][0],
-                                 published=published[record["id"]][0]))
-            for row in rows:
-                row["answer"] = cruxeval.extract(row["generation"], mode)
-            references = [(r["code"], r["input"], r["output"]) for r in records]
+            texts = [raw[p.task_id][0] for p in problems]
+            generations = {p.task_id: t[len(p.prompt):] for p, t in zip(problems, texts)}
             with ThreadPoolExecutor(workers) as pool:
                 official = list(pool.map(lambda args: evaluate_score(args)[0],
-                                         [([row["theirs"]], ref, mode) for row, ref in zip(rows, references)]))
-            programs = [cruxeval.check_program(r, row["answer"], mode) for r, row in zip(records, rows)]
-            outcomes = iter(sandbox.run_all([p for p in programs if p is not None]))
-            for row, program, verdict in zip(rows, programs, official):
-                row["official"], row["ours"] = verdict, program is not None and next(outcomes).passed
+                                         [([theirs[p.task_id][0]], reference, mode)
+                                          for p, reference in zip(problems, references)]))
+            rows = score(task, problems, generations, sandbox)
+            compared = [dict(task_id=p.task_id, prompt_sha256=hashlib.sha256(t[:len(p.prompt)].encode()).hexdigest(),
+                             prompt_equal=t.startswith(p.prompt), generation=generations[p.task_id],
+                             theirs=theirs[p.task_id][0], answer=r["answer"], published=published[p.task_id][0],
+                             official=o, ours=r["passed"])
+                        for p, t, o, r in zip(problems, texts, official, rows)]
             name = f"{mode}-cot/{model}"
-            result[name] = dict(summarize(rows), prompts_equal=sum(r["prompt_equal"] for r in rows),
-                                extraction_equal=sum(r["answer"] == r["theirs"] for r in rows),
-                                published_equal=sum(r["published"] == r["official"] for r in rows),
-                                replay=[{k: r[k] for k in ("task_id", "generation", "theirs", "official")}
-                                        for r in replay_sample(rows, len(result))])
+            result[name] = dict(summarize(compared), prompts_equal=sum(r["prompt_equal"] for r in compared),
+                                extraction_equal=sum(r["answer"] == r["theirs"] for r in compared),
+                                published_equal=sum(r["published"] == r["official"] for r in compared),
+                                replay=[{k: r[k] for k in ("task_id", "prompt_sha256", "generation", "theirs",
+                                                           "official")}
+                                        for r in replay_sample(compared, len(result))])
             print("cruxeval", name, {k: v for k, v in result[name].items() if k != "replay"}, flush=True)
     return result
 
@@ -167,26 +175,25 @@ def qwen_fim_bench(qwen: Path, scratch: Path) -> types.ModuleType:
     return humaneval_fim
 
 
-def hm_fim_parity(qwen: Path, parquet: Path, scratch: Path) -> dict:
+def hm_fim_parity(qwen: Path, parquet: Path, scratch: Path, sandbox: Sandbox) -> dict:
     from transformers import AutoTokenizer
 
     from data.hf_export import export_hf_tokenizer
-    from data.tokenizer import SPECIAL_TOKENS, load_tokenizer
+    from data.tokenizer import load_tokenizer
+    from evaluation.generate import prompt_ids
 
     official = qwen_fim_bench(qwen, scratch)
-    rows = hm_fim.records(parquet)
+    os.environ[hm_fim.ENV] = str(parquet)
+    task = get("hm_fim")
+    problems, rows = task.problems(0, TaskContext()), hm_fim.records(parquet)
     hf = AutoTokenizer.from_pretrained(str(export_hf_tokenizer(scratch / "hf_tokenizer")))
-    ours_tokenizer = load_tokenizer("qwen2.5")
+    tokenizer = load_tokenizer("qwen2.5")
     args = types.SimpleNamespace(max_seq_length=hm_fim.MAX_SEQ_LENGTH, gen_length=hm_fim.GEN_LENGTH,
                                  right_context_length=hm_fim.RIGHT_CONTEXT)
-    prompt_equal = 0
-    for row in rows:
-        text = official.prepare_prompt(hf, "line_completion", "codelm_leftright_context", "Qwen2.5-Coder-7B",
-                                       row["prompt"], row["suffix"], args=args)
-        prefix, suffix = hm_fim.truncated_context(ours_tokenizer, row["prompt"], row["suffix"])
-        ours = [SPECIAL_TOKENS["<|fim_prefix|>"], *ours_tokenizer.encode(prefix), SPECIAL_TOKENS["<|fim_suffix|>"],
-                *ours_tokenizer.encode(suffix), SPECIAL_TOKENS["<|fim_middle|>"]]
-        prompt_equal += hf(text)["input_ids"] == ours
+    prompt_equal = sum(
+        hf(official.prepare_prompt(hf, "line_completion", "codelm_leftright_context", "Qwen2.5-Coder-7B",
+                                   row["prompt"], row["suffix"], args=args))["input_ids"] == prompt_ids(tokenizer, p)
+        for row, p in zip(rows, problems))
     line = lambda r: r["canonical_solution"]  # noqa: E731
     sets = {"canonical": [line(r) for r in rows], "leading_newline": ["\n" + line(r) for r in rows],
             "leading_space_newline": [" \n" + line(r) for r in rows],
@@ -200,12 +207,12 @@ def hm_fim_parity(qwen: Path, parquet: Path, scratch: Path) -> dict:
             single = scratch / "one.jsonl"
             single.write_text(json.dumps(dict(row, model_gen=completion)) + "\n")
             verdicts.append(official.evaluate_results(str(single))["overall"]["exact_match_rate"] == 100)
-        scored = [dict(task_id=f"{r['language']}/{r['name']}", completion=c, official=o,
-                       ours=hm_fim.exact_match(c, r["canonical_solution"]), canonical=r["canonical_solution"])
-                  for r, c, o in zip(rows, completions, verdicts)]
-        result[name] = dict(summarize(scored), replay=[{k: r[k] for k in ("task_id", "completion", "canonical",
+        ours = score(task, problems, {p.task_id: c for p, c in zip(problems, completions)}, sandbox)
+        compared = [dict(task_id=p.task_id, completion=c, canonical=p.reference, official=o, ours=r["exact_match"])
+                    for p, c, o, r in zip(problems, completions, verdicts, ours)]
+        result[name] = dict(summarize(compared), replay=[{k: r[k] for k in ("task_id", "completion", "canonical",
                                                                            "official")}
-                                                       for r in replay_sample(scored, len(result))])
+                                                         for r in replay_sample(compared, len(result))])
         print("hm_fim", name, {k: v for k, v in result[name].items() if k != "replay"}, flush=True)
     return result
 
@@ -223,11 +230,11 @@ def main() -> None:
         scratch = Path(scratch)
         parquet = args.hm_fim or scratch / "train.parquet"
         if not args.hm_fim:
-            parquet.write_bytes(git_show(args.qwen, "qwencoder-eval/base/benchmarks/fim-bench/hm_fim/data/train.parquet"))
-        report = {"hm_fim": hm_fim_parity(args.qwen, parquet, scratch),
-                  "cruxeval": cruxeval_parity(args.cruxeval, args.qwen, scratch, args.workers),
-                  "fim_singleline": fim_singleline_parity(args.human_eval_infilling, scratch,
-                                                          Sandbox(workers=args.workers), args.workers)}
+            parquet.write_bytes(git_show(args.qwen, QWEN_HM_FIM))
+        sandbox = Sandbox(workers=args.workers)
+        report = {"hm_fim": hm_fim_parity(args.qwen, parquet, scratch, sandbox),
+                  "cruxeval": cruxeval_parity(args.cruxeval, args.qwen, scratch, sandbox, args.workers),
+                  "fim_singleline": fim_singleline_parity(args.human_eval_infilling, scratch, sandbox, args.workers)}
         shutil.rmtree(scratch / "qwen", ignore_errors=True)
     args.output.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.output}")

@@ -11,9 +11,11 @@ prediction keeps what precedes the first `==` and, when it holds `assert f`, `f`
 answer is a call `f(...)`); output prediction keeps what lies between the first and the second `==`. A
 completion without `[ANSWER]` is used as it is (so already-extracted answers score the same).
 
-Check (CRUXEval's evaluate_score): `code` + `\\nassert {output} == {answer}` executed, 3 s limit; passed when it
-raises nothing. An input answer without `f(` and an output answer that contains the call `f(input)` itself are
-failed without running (they would restate the question).
+Check (CRUXEval's evaluate_score): `code` + `\\nassert {output} == {answer}` executed; passed when it raises
+nothing. CRUXEval allows 3 s per program, the sandbox its --timeout (10 s by default): only a program that runs
+between 3 and 10 s could be judged differently (none of the 3,200 published generations in bench/eval_parity.py).
+An input answer without `f(` and an output answer that contains the call `f(input)` itself are failed without
+running (they would restate the question).
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
+
+from evaluation.problem import Problem, truncate
+from evaluation.tasks.base import Answer, Task, TaskContext, TaskError
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "cruxeval" / "cruxeval.jsonl"
 SHA256 = "8368b81047dc5014e4caf5a2f97604eff7644e0ecd7415e3ceeb184bbc2e0c96"
@@ -30,6 +35,7 @@ STOP = "[/ANSWER]"
 PLACEHOLDER = re.compile(r"\{(code|input|output)\}")
 MAX_NEW_TOKENS = 2048
 TIMEOUT_S = 3.0
+REJECTED = "answer rejected unrun: an input answer must call f, an output answer must not call f(input)"
 
 # CRUXEval's prompts.py (make_cot_input_prompt / make_cot_output_prompt), verbatim: a benchmark's prompt is part
 # of its definition. tests/test_eval_cruxeval.py checks them against prompts recorded in published generations.
@@ -101,6 +107,11 @@ def records() -> tuple:
     return rows
 
 
+@functools.lru_cache(maxsize=1)
+def by_id() -> Dict[str, dict]:
+    return {r["id"]: r for r in records()}
+
+
 def prompt(record: dict, mode: str) -> str:
     """One pass over the template, so a `{output}` inside the code stays as written."""
     return PLACEHOLDER.sub(lambda match: record[match.group(1)], INPUT_COT if mode == "input" else OUTPUT_COT)
@@ -132,3 +143,33 @@ def check_program(record: dict, answer: str, mode: str) -> Optional[str]:
     if mode == "output" and f"f({record['input']})" in answer:
         return None
     return f"{record['code']}\nassert {record['output']} == {answer}"
+
+
+class CRUXEvalCoT(Task):
+    """One direction of CRUXEval; the row's `answer` is what the extraction found."""
+    metrics = ("pass@1",)
+
+    def __init__(self, mode: str, column: str):
+        self.mode, self.name, self.column = mode, f"cruxeval_{mode}_cot", column
+
+    def problems(self, limit: int, context: TaskContext) -> List[Problem]:
+        return [Problem(r["id"], prompt(r, self.mode), reference(r), f"{r['code']}\nassert {r['output']} == ",
+                        stops=(STOP,), max_new_tokens=MAX_NEW_TOKENS)
+                for r in records()][:limit or None]
+
+    def head(self, problem: Problem, answer: Answer) -> Tuple[str, str]:
+        if answer.whole:
+            raise TaskError(f"{self.name}: give the model's text after the prompt as {{\"task_id\", "
+                            f"\"completion\"}} ({problem.task_id} came as {answer.kind!r})")
+        completion = truncate(answer.text, problem.stops)
+        return completion, extract(completion, self.mode)
+
+    def program(self, problem: Problem, head: str) -> str:
+        program = check_program(by_id()[problem.task_id], head, self.mode)
+        return program if program is not None else f"raise SystemExit({REJECTED!r})"
+
+    def verdict(self, problem: Problem, completion: str, outcome) -> dict:
+        return dict(status=outcome.status, passed=outcome.passed, answer=extract(completion, self.mode))
+
+
+TASKS = [CRUXEvalCoT("input", "CRUXEval-I-CoT"), CRUXEvalCoT("output", "CRUXEval-O-CoT")]

@@ -8,8 +8,10 @@ as training builds FIM samples) and decodes greedily until end-of-text or the en
 kept: the middle owns it), at most 64 new tokens.
 
 Scores: pass@1 of the program human-eval-infilling executes, prompt + completion + suffix + "\\n" + test + "\\n"
-+ "check(entry_point)", the completion used as given (the official scorer cuts nothing); and exact match of the
-stripped completion against the stripped canonical line.
++ "check(entry_point)"; and exact match of the stripped completion against the stripped canonical line. A
+completion is cut after its first newline, the single-line protocol's stop (Qwen's tokens often join a newline
+with the next line's indentation, which would shift the suffix). The official scorer cuts nothing: on completions
+of one line, as decoding here produces, the verdicts are the same (bench/eval_parity.py).
 """
 from __future__ import annotations
 
@@ -17,10 +19,14 @@ import functools
 import gzip
 import json
 from pathlib import Path
+from typing import List, Tuple
+
+from evaluation.problem import Problem
+from evaluation.tasks.base import Answer, Task, TaskContext
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "humaneval_infilling" / "HumanEval-SingleLineInfilling.jsonl.gz"
-SHA256 = "055ca9e3fa33562173156e02e2350ceff4089deab480b368a849b6bc04f09719"
-TASKS = 1033
+SHA256 = "1277073e7ddce163ef68598c2bca777f688a53df99422f097e37362090f88e1f"
+COUNT = 1033
 MAX_NEW_TOKENS = 64
 
 
@@ -31,7 +37,7 @@ def records() -> tuple:
 
     text = gzip.decompress(verified_bytes(DATA, SHA256)).decode()
     rows = tuple(json.loads(line) for line in text.splitlines() if line.strip())
-    assert len(rows) == TASKS, "HumanEval-SingleLineInfilling passed its sha256 but not its shape"
+    assert len(rows) == COUNT, "HumanEval-SingleLineInfilling passed its sha256 but not its shape"
     return rows
 
 
@@ -44,3 +50,28 @@ def first_line(text: str) -> str:
     """The generation stop: up to and including the first newline."""
     end = text.find("\n")
     return text if end < 0 else text[:end + 1]
+
+
+class FIMSingleLine(Task):
+    name, metrics, column = "fim_singleline", ("pass@1", "exact_match"), "HumanEval-FIM (single line)"
+
+    def problems(self, limit: int, context: TaskContext) -> List[Problem]:
+        return [Problem(r["task_id"], r["prompt"], r["canonical_solution"], test_code(r), suffix=r["suffix"],
+                        fim=True, stops=("\n",), max_new_tokens=MAX_NEW_TOKENS)
+                for r in records()][:limit or None]
+
+    def head(self, problem: Problem, answer: Answer) -> Tuple[str, str]:
+        if answer.whole:
+            return super().head(problem, answer)  # refused: an infilling problem takes a middle
+        completion = first_line(answer.text)
+        return completion, problem.prompt + completion
+
+    def program(self, problem: Problem, head: str) -> str:
+        return head + problem.suffix + problem.test
+
+    def verdict(self, problem: Problem, completion: str, outcome) -> dict:
+        return dict(status=outcome.status, passed=outcome.passed,
+                    exact_match=completion.strip() == problem.reference.strip())
+
+
+TASKS = [FIMSingleLine()]

@@ -12,16 +12,23 @@ Protocol (Qwen's humaneval_fim.py with its run_hm_fim.sh defaults, model type co
 
 Data: not shipped here. The Qwen2.5-Coder repository that holds the file carries no license, and the dataset
 card names "openrail" without the license text whose use restrictions an OpenRAIL redistribution must pass on;
-so the user supplies the parquet file (docs/evaluation.md says where to get it), and its sha256 is checked.
+so it is read from the path in $HM_FIM_DATA or, when that is unset, from the Hugging Face hub (downloaded once
+when online, then cached); docs/evaluation.md says how to get it. Its sha256 is checked either way.
 Task ids: `<language>/<name>` (`py/humaneval-HumanEval_0_has_close_elements.json-L10`): upstream `name` alone
 repeats across the three languages.
 """
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
+from evaluation.problem import Problem
+from evaluation.tasks.base import Task, TaskContext, TaskError
+
+ENV = "HM_FIM_DATA"
+HUB_REPO, HUB_FILE = "bigcode/santacoder-fim-task", "data/train-00000-of-00001-b6ec1fdd66018baa.parquet"
 SHA256 = "54d62b5a4f1554ca3f7ab65f901fe1fecdb3eaebac28ebd52a90397c9239c6d9"
 ROWS = 4792
 LANGUAGES = {"py": "python", "java": "java", "js": "javascript"}
@@ -35,7 +42,8 @@ def records(path: Path) -> List[dict]:
 
     from evaluation.tasks.data_files import verified_bytes
 
-    rows = parquet.read_table(io.BytesIO(verified_bytes(path, SHA256))).to_pylist()
+    fix = f"give the file of {HUB_REPO} ({HUB_FILE}) in ${ENV}"
+    rows = parquet.read_table(io.BytesIO(verified_bytes(path, SHA256, fix))).to_pylist()
     assert len(rows) == ROWS, "the hm_fim parquet passed its sha256 but not its shape"
     return rows
 
@@ -54,3 +62,50 @@ def scored_line(generation: str) -> str:
 
 def exact_match(generation: str, canonical: str) -> bool:
     return scored_line(generation) == canonical.strip()
+
+
+def data_path() -> Path:
+    """The parquet file: $HM_FIM_DATA, else the Hugging Face hub's copy (downloaded when online, cached)."""
+    given = os.environ.get(ENV)
+    if given:
+        return Path(given)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset"))
+    except Exception as error:  # offline, no cache, hub refused: one reason, one fix
+        raise TaskError(f"hm_fim needs SantaCoder's FIM set ({HUB_REPO}, not shipped: see docs/evaluation.md): "
+                        f"set {ENV}=/path/to/{Path(HUB_FILE).name} (the hub could not give it: "
+                        f"{type(error).__name__})") from None
+
+
+class HumanEvalFIMSantaCoder(Task):
+    name, column = "hm_fim", "HumanEval-FIM"
+    metrics = ("exact_match", *(f"exact_match/{language}" for language in LANGUAGES.values()))
+
+    def problems(self, limit: int, context: TaskContext) -> List[Problem]:
+        from data.tokenizer import load_tokenizer
+
+        tokenizer, problems = load_tokenizer("qwen2.5"), []
+        for row in records(data_path())[:limit or None]:
+            prefix, suffix = truncated_context(tokenizer, row["prompt"], row["suffix"])
+            problems.append(Problem(f"{row['language']}/{row['name']}", prefix, row["canonical_solution"], "",
+                                    suffix=suffix, fim=True, max_new_tokens=GEN_LENGTH))
+        return problems
+
+    def verdict(self, problem: Problem, completion: str, outcome) -> dict:
+        exact = exact_match(completion, problem.reference)
+        return dict(status="passed" if exact else "mismatch", passed=exact, exact_match=exact,
+                    language=LANGUAGES[problem.task_id.split("/", 1)[0]])
+
+    def summary_metrics(self, rows: List[dict]) -> Dict[str, float]:
+        """Exact match over all rows and per language (the report's Python / Java / JavaScript columns)."""
+        metrics = {"exact_match": sum(r["exact_match"] for r in rows) / max(len(rows), 1)}
+        for language in LANGUAGES.values():
+            chosen = [r["exact_match"] for r in rows if r["language"] == language]
+            if chosen:
+                metrics[f"exact_match/{language}"] = sum(chosen) / len(chosen)
+        return metrics
+
+
+TASKS = [HumanEvalFIMSantaCoder()]
