@@ -4,7 +4,7 @@ registry (evaluation.tasks) finds it by its name, so adding a benchmark is addin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 from evaluation.problem import Problem, truncate
 
@@ -62,6 +62,12 @@ class Task:
     def program(self, problem: Problem, head: str) -> str:
         """The source the sandbox runs; it exits 0 when every test passes."""
         return head + problem.suffix + "\n\n" + problem.test
+
+    def summary_metrics(self, rows: List[dict]) -> Dict[str, float]:
+        """The summary's metrics; by default each is the mean over all rows of its row field (pass@1: passed)."""
+        count = max(len(rows), 1)
+        return {metric: sum(r["passed" if metric == "pass@1" else metric] for r in rows) / count
+                for metric in self.metrics}
 
     def verdict(self, problem: Problem, completion: str, outcome) -> dict:
         """Row fields for one answer from the sandbox outcome (None for problems without tests)."""

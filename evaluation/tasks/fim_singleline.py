@@ -53,7 +53,7 @@ def first_line(text: str) -> str:
 
 
 class FIMSingleLine(Task):
-    name, metrics, column = "fim_singleline", ("pass@1", "exact_match"), "HumanEval-FIM (single line)"
+    name, metrics = "fim_singleline", ("pass@1", "exact_match")
 
     def problems(self, limit: int, context: TaskContext) -> List[Problem]:
         return [Problem(r["task_id"], r["prompt"], r["canonical_solution"], test_code(r), suffix=r["suffix"],
