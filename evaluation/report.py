@@ -9,5 +9,6 @@ def table(summaries: List[dict]) -> str:
     for s in summaries:
         exact = f"{s['exact_match']:.3f}" if "exact_match" in s else "-"
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(s["status"].items()))
-        lines.append(f"{s['task']:<15} {s['problems']:>8} {s['pass@1']:>7.3f} {exact:>7}  {statuses}")
+        passed = f"{s['pass@1']:.3f}" if "pass@1" in s else "-"  # hm_fim is exact match only
+        lines.append(f"{s['task']:<15} {s['problems']:>8} {passed:>7} {exact:>7}  {statuses}")
     return "\n".join(lines)

@@ -5,7 +5,8 @@
   to the output literal (output prediction) on all 800 items; executed, it passes on every 8th item (100
   programs per direction; bench/eval_oracle.py runs all 800 of both).
 - Negative controls: the neighbouring item's answer fails almost always; an input answer that does not call f
-  and an output answer that restates f(input) fail without running, as CRUXEval's scorer rules.
+  and an output answer that restates f(input) fail without running, as CRUXEval's scorer rules (the second
+  would pass if run).
 - Extraction edge cases CRUXEval's postprocess defines (first [ANSWER], first "==", "assert f", no tags).
   tests/test_eval_parity.py replays published Qwen2.5-Coder generations against the official verdicts.
 """
@@ -68,7 +69,8 @@ def test_answers_cruxeval_rejects_fail_unrun(sandbox):
         problem = task.problems(1, None)[0]
         row = score(task, [problem], {problem.task_id: text}, sandbox)[0]
         assert row["passed"] is passed, (mode, text, row)
-    assert cruxeval.check_program(record, "[1, 1, 3, 1, 3, 1]", "input") is None
+    assert cruxeval.rejected(record, "[1, 1, 3, 1, 3, 1]", "input")
+    assert not cruxeval.rejected(record, "f([1, 1, 3, 1, 3, 1])", "input")
 
 
 def test_extraction_follows_cruxeval_postprocess(sandbox):

@@ -13,7 +13,8 @@ completion without `[ANSWER]` is used as it is (so already-extracted answers sco
 
 Check (CRUXEval's evaluate_score): `code` + `\\nassert {output} == {answer}` executed; passed when it raises
 nothing. CRUXEval allows 3 s per program, the sandbox its --timeout (10 s by default): only a program that runs
-between 3 and 10 s could be judged differently (none of the 3,200 published generations in bench/eval_parity.py).
+between 3 and 10 s could be judged differently (on the 3,200 published generations in bench/eval_parity.py
+the verdicts agree).
 An input answer without `f(` and an output answer that contains the call `f(input)` itself are failed without
 running (they would restate the question).
 """
@@ -23,7 +24,7 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from evaluation.problem import Problem, truncate
 from evaluation.tasks.base import Answer, Task, TaskContext, TaskError
@@ -34,7 +35,6 @@ ITEMS = 800
 STOP = "[/ANSWER]"
 PLACEHOLDER = re.compile(r"\{(code|input|output)\}")
 MAX_NEW_TOKENS = 2048
-TIMEOUT_S = 3.0
 REJECTED = "answer rejected unrun: an input answer must call f, an output answer must not call f(input)"
 
 # CRUXEval's prompts.py (make_cot_input_prompt / make_cot_output_prompt), verbatim: a benchmark's prompt is part
@@ -136,13 +136,10 @@ def extract(generation: str, mode: str) -> str:
     return generation.strip()
 
 
-def check_program(record: dict, answer: str, mode: str) -> Optional[str]:
-    """The program whose clean exit means the answer is right; None for an answer failed without running."""
-    if mode == "input" and "f(" not in answer:
-        return None
-    if mode == "output" and f"f({record['input']})" in answer:
-        return None
-    return f"{record['code']}\nassert {record['output']} == {answer}"
+def rejected(record: dict, answer: str, mode: str) -> bool:
+    """CRUXEval fails these without running them: an input answer that does not call f, an output answer that
+    contains the call f(input) itself."""
+    return "f(" not in answer if mode == "input" else f"f({record['input']})" in answer
 
 
 class CRUXEvalCoT(Task):
@@ -165,8 +162,10 @@ class CRUXEvalCoT(Task):
         return completion, extract(completion, self.mode)
 
     def program(self, problem: Problem, head: str) -> str:
-        program = check_program(by_id()[problem.task_id], head, self.mode)
-        return program if program is not None else f"raise SystemExit({REJECTED!r})"
+        """`code` + `assert output == ` + the answer (what CRUXEval executes), or a program that fails."""
+        if rejected(by_id()[problem.task_id], head, self.mode):
+            return f"raise SystemExit({REJECTED!r})"
+        return problem.test + head
 
     def verdict(self, problem: Problem, completion: str, outcome) -> dict:
         return dict(status=outcome.status, passed=outcome.passed, answer=extract(completion, self.mode))
