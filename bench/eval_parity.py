@@ -9,15 +9,17 @@ The checked-in bench/eval_parity.json was made with --stride 4 (every 4th fim_si
 each official program starts its own processes, and the shared 2-core machine ran ~4 s per program under load);
 hm_fim, which executes nothing, is compared on all 4,792 rows.
 
-Ours is the product path: the task's problems, evaluation.harness.score and the sandbox. Each checkout's
+Ours is the product path: the task's problems, evaluation.harness.score and the sandbox (10 s per program;
+human-eval-infilling's scorer gets the same through its `timeout` argument, whose default of 3 s timed out a
+canonical solution on the loaded machine; CRUXEval's fixes 3 s). Each checkout's
 official code runs from a temporary copy (human-eval-infilling's commented-out exec line enabled, as its README
 instructs; Qwen's vllm/rich/fuzzywuzzy imports stubbed: its scoring does not use them). Completions with real
 failures:
 - fim_singleline: the canonical line, the line without its newline, the next task's line, a flipped operator
   or constant (4 x 1,033 / stride);
 - CRUXEval: the generations Qwen2.5-Coder-1.5B and -7B base published (qwencoder-eval/base/outptus), raw text
-  after the prompt (4 x 800 / stride): our prompt vs theirs, our extraction vs theirs, our verdict vs CRUXEval's scorer
-  (run on their extraction) vs the verdict they published;
+  after the prompt (4 x 800 / stride): our prompt vs theirs, our extraction vs theirs, our verdict vs CRUXEval's
+  scorer run here on their extraction, and that vs the verdict they published (listed where it differs);
 - hm_fim: the canonical line; with a leading "\\n", " \\n" or "  \\n" (Qwen's rule skips only the first two);
   followed by the next line; after an empty first line; a flipped operator (7 x 4,792); and our prompt ids vs
   the ids of Qwen's prompt string under the Hugging Face Qwen2 tokenizer.
@@ -102,13 +104,14 @@ def fim_singleline_parity(official_repo: Path, scratch: Path, sandbox: Sandbox, 
     official_problems = read_problems("single-line")  # the package's own copy of the data
     task = get("fim_singleline")
     problems = task.problems(0, TaskContext())[::stride]
+    timeout = sandbox.limits.timeout_s  # the official `timeout` argument (default 3 s) set to the sandbox's limit
     references = [p.reference for p in problems]
     sets = {"canonical": references, "no_newline": [r.rstrip("\n") for r in references],
             "next_line": references[1:] + references[:1], "flipped": [flip(r) for r in references]}
     result = {"stride": stride}
     for name, completions in sets.items():
-        with ThreadPoolExecutor(workers) as pool:  # as evaluate_functional_correctness runs it: 3 s per program
-            official = list(pool.map(lambda pair: check_correctness(*pair, 3.0)["passed"],
+        with ThreadPoolExecutor(workers) as pool:  # as evaluate_functional_correctness runs it
+            official = list(pool.map(lambda pair: check_correctness(*pair, timeout)["passed"],
                                      [(official_problems[p.task_id], c) for p, c in zip(problems, completions)]))
         rows = score(task, problems, {p.task_id: c for p, c in zip(problems, completions)}, sandbox)
         compared = [dict(task_id=p.task_id, completion=c, official=o, ours=r["passed"])
@@ -154,6 +157,8 @@ def cruxeval_parity(official_repo: Path, qwen: Path, scratch: Path, sandbox: San
             result[name] = dict(summarize(compared), prompts_equal=sum(r["prompt_equal"] for r in compared),
                                 extraction_equal=sum(r["answer"] == r["theirs"] for r in compared),
                                 published_equal=sum(r["published"] == r["official"] for r in compared),
+                                published_differs=[{k: r[k] for k in ("task_id", "theirs", "official", "published")}
+                                                   for r in compared if r["published"] != r["official"]],
                                 replay=[{k: r[k] for k in ("task_id", "prompt_sha256", "generation", "theirs",
                                                            "official")}
                                         for r in replay_sample(compared, len(result))])

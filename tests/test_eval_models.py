@@ -63,14 +63,14 @@ def evaluated(tmp_path_factory):
 
 def test_megatron_tp2_pp2_and_hf_export_give_identical_completions(evaluated):
     _, tp2, hf, pp2 = evaluated
-    assert list(tp2) == list(hf) == list(pp2) == ["HumanEval/0", "HumanEval/1", "HumanEval/0/L0", "HumanEval/0/L1",
-                                                  "fim_heldout/3", "fim_heldout/4"]
+    fim = ["SingleLineInfilling/HumanEval/0/L0", "SingleLineInfilling/HumanEval/0/L1"]
+    assert list(tp2) == list(hf) == list(pp2) == ["HumanEval/0", "HumanEval/1", *fim, "fim_heldout/3", "fim_heldout/4"]
     for task_id in tp2:
         assert tp2[task_id]["completion"] == hf[task_id]["completion"] == pp2[task_id]["completion"], task_id
         assert tp2[task_id]["completion"], task_id  # something was generated
         assert tp2[task_id]["status"] in ("passed", "failed", "timeout", "memory_limit", "killed", "mismatch")
         assert isinstance(tp2[task_id]["passed"], bool) and tp2[task_id]["prompt"]
-    assert all("exact_match" in tp2[t] for t in ("HumanEval/0/L0", "HumanEval/0/L1", "fim_heldout/3"))
+    assert all("exact_match" in tp2[t] for t in (*fim, "fim_heldout/3"))
 
 
 def test_completions_equal_transformers_generate(evaluated):

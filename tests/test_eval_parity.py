@@ -5,7 +5,8 @@ repositories, which the suite cannot fetch, and recorded every verdict).
 - The recorded comparison (every 4th fim_singleline and CRUXEval problem, all hm_fim rows): no disagreement on
   any completion (fim_singleline 4 x 259, CRUXEval 4 x 200 published Qwen2.5-Coder generations, hm_fim 7 x
   4,792), our CRUXEval prompts and extraction equal to the published ones on all 800, hm_fim's prompt ids equal
-  to those of Qwen's prompt string on all 4,792.
+  to those of Qwen's prompt string on all 4,792. The verdicts Qwen published differ from CRUXEval's scorer run
+  here on a few items, all calling str.removeprefix/removesuffix (new in Python 3.9).
 - Replay: the recorded sample (every disagreement, if any, and up to 20 passing and 20 failing completions per
   set) re-scored here through the task's problems and evaluation.harness.score must give the official verdicts.
 - Negative controls: plausible but wrong scorers (no newline kept in infilling, the answer after the LAST "==",
@@ -53,9 +54,16 @@ def test_recorded_comparison_agrees_everywhere():
     fim, crux = (len(range(0, count, REPORT[name]["stride"])) for name, count in
                  (("fim_singleline", 1033), ("cruxeval", 800)))
     assert sum(r["completions"] for r in sets) == 4 * fim + 4 * crux + 7 * 4792
+    records = cruxeval.by_id()
     for result in (r for r in REPORT["cruxeval"].values() if isinstance(r, dict)):
-        assert result["prompts_equal"] == result["extraction_equal"] == result["published_equal"] == crux
+        assert result["prompts_equal"] == result["extraction_equal"] == crux
         assert 0.25 < result["official_passed"] / crux < 0.75  # real generations: passes and failures
+        # Qwen's published verdicts differ from CRUXEval's scorer run here only where the code calls
+        # str.removeprefix/removesuffix (Python >= 3.9): their interpreter was older, the call raised there
+        differs = result["published_differs"]
+        assert result["published_equal"] + len(differs) == crux and len(differs) <= 4
+        assert all(d["official"] and not d["published"] and ".remove" in records[d["task_id"]]["code"]
+                   for d in differs)
     assert REPORT["hm_fim"]["prompt_ids_equal"] == REPORT["hm_fim"]["rows"] == 4792
 
 
