@@ -39,7 +39,7 @@ def check_sources(recipe: Recipe) -> None:
     else:
         vocab_size = recipe.model_shape().vocab_size
         for source in data.sources:
-            summarize_source(source.name, source.prefix, data.split, vocab_size)
+            summarize_source(source.name, source.prefix, data.split, vocab_size, data.tokenizer)
 
 
 class DataFeed:
