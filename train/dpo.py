@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.utils import get_batch_on_this_cp_rank
 
+from train.distributed import to_model_device
+
 LOSS_REPORT = "lm loss"  # [loss sum, pairs]: train.trainer's key for the loss and its count
 METRICS_REPORT = "dpo"
 METRICS = ("rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin")
@@ -119,8 +121,6 @@ def rows_of(batch: dict) -> dict:
 
 def forward_step(settings: DPOSettings, data_iterator: Iterator[dict], model, reference_pass: bool = False):
     """One micro-batch of pairs through a model chunk; the loss function for the last stage."""
-    from train.trainer import to_model_device  # train.trainer imports this module
-
     batch = to_model_device(dict(next(data_iterator)), model)
     rows = get_batch_on_this_cp_rank(rows_of(batch))
     per_token_loss = model(rows["tokens"], rows["position_ids"], None, labels=rows["labels"])

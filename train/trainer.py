@@ -36,7 +36,7 @@ from model.build import build_gpt_model, resolve_transformer_impl
 from recipes.schema import Recipe
 from recipes.world import layout_of
 from train import dpo, megatron_args
-from train.distributed import init_model_parallel, rank_device
+from train.distributed import init_model_parallel, rank_device, to_model_device
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,15 +94,6 @@ def pack_micro_batch(batch: dict) -> tuple[dict, PackedSeqParams]:
     params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
                              max_seqlen_q=longest, max_seqlen_kv=longest)
     return flat, params
-
-
-def to_model_device(batch: dict, model) -> dict:
-    """The micro-batch on the model chunk's device. Loaders yield (pinned) CPU tensors and neither megatron's
-    schedules nor get_batch_on_this_cp_rank move them (Megatron-LM's own get_batch does .cuda()); a GPU
-    model would fail at the embedding lookup. non_blocking: pinned host memory copies asynchronously."""
-    device = next(model.parameters()).device
-    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
-            for key, value in batch.items()}
 
 
 def forward_step(data_iterator: Iterator[dict], model, packed: bool = False, num_sources: int = 0):
