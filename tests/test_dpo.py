@@ -11,7 +11,7 @@
   Negative control: CP2 without the all-reduce of the per-sequence sums is caught (loss 2.81 vs 2.12).
   Measured: losses equal to <= 1e-7, reference log-probs to ~1e-5.
 - test_reference_pass_resumes_after_a_kill: a pass killed after 2 of 3 global batches redoes only the third.
-- test_readme_dpo_run: README's DPO commands as printed (make_pairs.py on the standard library, then a 2-rank
+- test_readme_dpo_run: the DPO commands of docs/recipes.md as printed (make_pairs.py on the standard library, then a 2-rank
   tiny run from a fresh init): step 1's loss is ln 2 (policy == reference), the rewards are 0, then the loss falls
   and reward_accuracy rises above 0.5. Measured (32 pairs, 8 steps, ~110 s on a loaded 2-core machine):
   0.693147 at steps 1-2 (the first update runs at warmup lr 0), then 0.689, 0.648, 0.592 .. 0.638; accuracy 0.75
@@ -233,14 +233,14 @@ def test_negative_control_cp_without_sequence_sum(layout_results):
 
 
 def _readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### DPO"):]
+    text = (REPO / "docs" / "recipes.md").read_text()
+    section = text[text.index("## DPO"):]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
 def test_readme_dpo_run(tmp_path):
-    """README's DPO commands as printed, run by bash in an empty directory (their relative paths land there)."""
+    """docs/recipes.md's DPO commands as printed, run by bash in an empty directory (their relative paths land there)."""
     commands = _readme_commands()
     assert [c.split()[:2] for c in commands] == [["python", "data/make_pairs.py"], ["torchrun", "--nproc_per_node=2"]]
     for command in commands:

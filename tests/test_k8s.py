@@ -233,7 +233,7 @@ def test_layout_the_planner_says_does_not_fit_is_refused(tmp_path, capsys):
 
 
 def test_cli_mixes_options_and_overrides_in_any_order(tmp_path):
-    """README's command: an override (data.sources=...) between options, and an option after it."""
+    """docs/kubernetes.md's command: an override (data.sources=...) between options, and an option after it."""
     from launch.k8s import main
 
     sources = "data.sources=[{name: code, prefix: /data/code, weight: 1.0}]"
