@@ -22,7 +22,7 @@ import functools
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -106,4 +106,24 @@ class NearDuplicateIndex:
         self._kept.append(origin)
         self._signatures[key] = values
         self.lsh.insert(key, minhash, check_duplication=False)
+        return None
+
+
+class Deduplicator:
+    """Exact and near duplicates, decided in input order in one process: the first copy is kept."""
+
+    def __init__(self, near: NearDedupConfig) -> None:
+        self.keys: set = set()
+        self.near = NearDuplicateIndex(near) if near.enabled else None
+
+    def check(self, key: Optional[bytes], values: Optional[np.ndarray], origin: str) -> Optional[Tuple[str, str]]:
+        """None to keep, else (reason, detail) naming the kept twin for a near duplicate."""
+        if key is not None:
+            if key in self.keys:
+                return "duplicate", "exact copy of an earlier record"
+            self.keys.add(key)
+        if values is not None and self.near is not None:
+            twin = self.near.check(values, origin)
+            if twin is not None:
+                return "near_duplicate", f"near copy of {twin} (kept)"
         return None

@@ -28,7 +28,9 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from data import filters
+from data.decontaminate import default_index
 from data.documents import Document, content_key, file_document, repo_documents
+from data.near_dedup import Deduplicator, signature
 from data.report import Report
 from data.sources import (
     CONTENT_FIELDS, DEFAULT_EXCLUDE, LANGUAGE_FIELDS, PATH_FIELDS, FileUnit, RepoUnit, batched, first_str,
@@ -64,6 +66,7 @@ class UnitResult:
     documents: List[Document] = field(default_factory=list)
     skips: List[Tuple[str, str, str]] = field(default_factory=list)  # (reason, origin, detail)
     key: Optional[bytes] = None
+    signature: Optional[np.ndarray] = None  # MinHash signature for near-duplicate removal
     records: int = 0  # records inside `documents`
 
 
@@ -131,6 +134,8 @@ def process_unit(unit, options: PrepareOptions, tok: Tokenizer) -> UnitResult:
             result.records = len(kept)
             if options.filters.dedupe:
                 result.key = content_key(name, *[part for path, text, _, _ in kept for part in (path, text)])
+            if options.filters.near_dedup.enabled:
+                result.signature = signature("\n".join(text for _, text, _, _ in kept), options.filters.near_dedup)
         return result
     record = _read_record(unit, options)
     if len(record) == 3:
@@ -141,6 +146,8 @@ def process_unit(unit, options: PrepareOptions, tok: Tokenizer) -> UnitResult:
     result.records = 1
     if options.filters.dedupe:
         result.key = content_key(text)
+    if options.filters.near_dedup.enabled:
+        result.signature = signature(text, options.filters.near_dedup)
     return result
 
 
@@ -210,7 +217,9 @@ def prepare(options: PrepareOptions) -> Report:
     }
     report = Report(**settings)
     batches = batched(iter_units(options.inputs, options.mode, options.exclude))
-    seen_keys: set = set()
+    deduplicator = Deduplicator(options.filters.near_dedup)
+    if options.filters.decontaminate:
+        default_index()  # built once here, before the workers fork, instead of once per worker
     pool = progress = builder = None
     stopped = False
     try:
@@ -230,7 +239,7 @@ def prepare(options: PrepareOptions) -> Report:
         for weight, batch_results in results:
             builder = builder or open_builder()
             for result in batch_results:
-                _consume(result, builder, report, seen_keys)
+                _consume(result, builder, report, deduplicator)
             if progress is not None:
                 progress.update(weight)
             if options.strict and report.bad_input():
@@ -257,16 +266,16 @@ def prepare(options: PrepareOptions) -> Report:
     return report
 
 
-def _consume(result: UnitResult, builder, report: Report, seen_keys: set) -> None:
+def _consume(result: UnitResult, builder, report: Report, deduplicator: Deduplicator) -> None:
     for reason, origin, detail in result.skips:
         report.add_skip(reason, origin, detail)
     if not result.documents:
         return
-    if result.key is not None:
-        if result.key in seen_keys:
-            report.add_skip("duplicate", result.documents[0].origin, "exact copy of an earlier record", result.records)
-            return
-        seen_keys.add(result.key)
+    duplicate = deduplicator.check(result.key, result.signature, result.documents[0].origin)
+    if duplicate is not None:
+        reason, detail = duplicate
+        report.add_skip(reason, result.documents[0].origin, detail, result.records)
+        return
     for document in result.documents:
         builder.add_document(document.tokens, [len(document.tokens)])
         report.add_document(len(document.tokens), document.languages, document.over_budget)
