@@ -30,11 +30,12 @@ import numpy as np
 from data import filters
 from data.decontaminate import default_index
 from data.documents import Document, content_key, file_document, repo_documents
+from data.languages import language_of
 from data.near_dedup import Deduplicator, signature
 from data.report import Report
 from data.sources import (
     CONTENT_FIELDS, DEFAULT_EXCLUDE, LANGUAGE_FIELDS, PATH_FIELDS, FileUnit, RepoUnit, batched, first_str,
-    iter_units, language_of, parse_json_line, total_input_bytes, unit_weight,
+    iter_units, parse_json_line, total_input_bytes, unit_weight,
 )
 from data.tokenizer import QWEN_SPECS, VOCAB_SIZE, Tokenizer, load_tokenizer
 
