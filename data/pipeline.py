@@ -35,7 +35,7 @@ from data.near_dedup import Deduplicator, signature
 from data.report import Report
 from data.sources import (
     CONTENT_FIELDS, DEFAULT_EXCLUDE, LANGUAGE_FIELDS, PATH_FIELDS, FileUnit, RepoUnit, batched, first_str,
-    iter_units, parse_json_line, total_input_bytes, unit_weight,
+    iter_units, parse_json_line, select_shard, total_input_bytes, unit_weight,
 )
 from data.tokenizer import QWEN_SPECS, VOCAB_SIZE, Tokenizer, load_tokenizer
 
@@ -58,6 +58,8 @@ class PrepareOptions:
     filters: filters.FilterConfig = field(default_factory=filters.FilterConfig)
     exclude: Tuple[str, ...] = DEFAULT_EXCLUDE  # glob patterns of directory/file names that are not inputs
     progress: bool = True  # tqdm bar on stderr
+    shard: Tuple[int, int] = (0, 1)  # (index, count): prepare only this contiguous share of the inputs (data/shards.py)
+    deduplicator: Optional[object] = None  # duplicate decisions made elsewhere (data/shards.py); None: here
 
 
 @dataclass
@@ -215,10 +217,14 @@ def prepare(options: PrepareOptions) -> Report:
         "tokenizer": options.tokenizer,
         "filters": asdict(options.filters),
         "exclude": list(options.exclude),
+        "shard": list(options.shard),
     }
     report = Report(**settings)
-    batches = batched(iter_units(options.inputs, options.mode, options.exclude))
-    deduplicator = Deduplicator(options.filters.near_dedup)
+    units = iter_units(options.inputs, options.mode, options.exclude)
+    if options.shard != (0, 1):
+        units = select_shard(units, *options.shard, total_input_bytes(options.inputs, options.exclude))
+    batches = batched(units)
+    deduplicator = options.deduplicator or Deduplicator(options.filters.near_dedup)
     if options.filters.decontaminate:
         default_index()  # built once here, before the workers fork, instead of once per worker
     pool = progress = builder = None

@@ -211,3 +211,13 @@ def total_input_bytes(inputs: Sequence[Path], exclude: Sequence[str] = ()) -> in
         else:
             total += path.stat().st_size
     return total
+
+
+def select_shard(units: Iterator[object], index: int, count: int, total_bytes: int) -> Iterator[object]:
+    """The units of shard `index` of `count`: contiguous in input order, split by input bytes, so the shards'
+    outputs concatenated in index order are a one-machine run's."""
+    done = 0
+    for unit in units:
+        if min(count - 1, done * count // max(1, total_bytes)) == index:
+            yield unit
+        done += unit_weight(unit)

@@ -3,7 +3,10 @@ kept, against a brute-force 10-gram reference), near-duplicate removal (MinHash 
 recall/precision on the bench corpus, first copy kept for any worker count) and the quality rules (each rule on
 both sides of its threshold, per-language counts)."""
 import json
+import os
 import re
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -16,11 +19,14 @@ from data.filters import FilterConfig
 from data.languages import language_of
 from data.near_dedup import NearDedupConfig, signature
 from data.pipeline import PrepareOptions, prepare, read_back
+from data.prepare import parse_args
 from data.quality import QualityConfig, check_quality
+from data.shards import merge, plan, shard_prefix
 from data.tokenizer import load_tokenizer
 from evaluation.tasks import humaneval
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_FILES = ["textwrap.py", "json/decoder.py", "json/encoder.py", "shlex.py", "fnmatch.py", "colorsys.py",
               "bisect.py", "heapq.py"]
 
@@ -196,3 +202,40 @@ def test_quality_in_report_per_language(tmp_path):
     assert sorted(data["languages"]) == ["makefile", "solidity", "zig"]
     assert [language_of(p) for p in ("a.ZIG", "x/Dockerfile", "k.kt", "m.ml", "z.unknown")] == [
         "zig", "dockerfile", "kotlin", "ocaml", "other"]
+
+
+def test_sharded_run_equals_one_machine(tmp_path):
+    """Two shard processes at a time stand in for nodes (sign, then write); a near-copy whose original is in the
+    other shard is still removed; the shards in order, and their merge, are the one-machine run token for token."""
+
+    root = tmp_path / "src"
+    root.mkdir()
+    original = (STDLIB / "textwrap.py").read_text(encoding="utf-8")
+    files = {"a_textwrap.py": original, "zz_copy.py": original.replace("TextWrapper", "LineWrapper")}
+    files.update({name.replace("/", "_"): (STDLIB / name).read_text(encoding="utf-8") for name in REAL_FILES[1:]})
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
+    prefix = tmp_path / "out" / "code"
+    flags = ["--input", str(root), "--output-prefix", str(prefix), "--no-progress"]
+
+    def both_shards(step):
+        processes = [subprocess.Popen([sys.executable, "-m", "data.shards", step, "--num-shards", "2", *flags],
+                                      cwd=REPO_ROOT, env={**os.environ, "JOB_COMPLETION_INDEX": str(index)})
+                     for index in range(2)]
+        assert [p.wait(timeout=600) for p in processes] == [0, 0]
+
+    both_shards("sign")
+    plan(prefix, 2, parse_args(flags))
+    both_shards("write")
+    merge(prefix, 2)
+    _, single = run([root], tmp_path / "single")
+
+    shards = [json.loads(Path(f"{shard_prefix(prefix, i, 2)}.report.json").read_text()) for i in range(2)]
+    assert shards[0]["documents"] > 0 and "near_duplicate" not in shards[0]["skipped"]
+    assert shards[1]["skipped"]["near_duplicate"]["examples"] == ["zz_copy.py: near copy of a_textwrap.py (kept)"]
+    assert sum(s["documents"] for s in shards) == single["documents"] == len(files) - 1
+    sharded = read_back(shard_prefix(prefix, 0, 2)) + read_back(shard_prefix(prefix, 1, 2))
+    expected = read_back(tmp_path / "single")
+    assert len(sharded) == len(expected) and all(np.array_equal(a, b) for a, b in zip(sharded, expected))
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"single{suffix}").read_bytes()
