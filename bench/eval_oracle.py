@@ -11,13 +11,13 @@ import time
 
 from evaluation.harness import score, summarize
 from evaluation.sandbox import Sandbox
-from evaluation.tasks import humaneval, humaneval_fim
+from evaluation.tasks import get, load_tasks
 
 
 def run(sandbox: Sandbox) -> tuple[list, float]:
     started = time.perf_counter()
-    summaries = [summarize(name, score(name, problems, {p.task_id: p.reference for p in problems}, sandbox))
-                 for name, problems in (("humaneval", humaneval()), ("humaneval_fim", humaneval_fim()))]
+    summaries = [summarize(name, score(name, problems, {p.task_id: get(name).oracle(p) for p in problems}, sandbox))
+                 for name, problems in load_tasks(["humaneval", "humaneval_fim"]).items()]
     return summaries, time.perf_counter() - started
 
 

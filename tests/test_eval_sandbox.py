@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from evaluation.sandbox import Sandbox, SandboxUnavailable
-from evaluation.tasks import humaneval
+from evaluation.tasks import load_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "wandb-secret-" + uuid.uuid4().hex
@@ -54,7 +54,7 @@ def listener():
 
 def bad_programs(port: int, repo_file: Path, tmp_file: Path) -> dict:
     """task -> (completion, expected status); each body ends with the canonical solution."""
-    problems = humaneval()[:7]
+    problems = load_tasks(["humaneval"], 7)["humaneval"]
     harms = {
         "wrong": ("    return 'not the answer'\n", "failed"),
         "loop": ("    while True:\n        pass\n", "timeout"),
@@ -115,7 +115,7 @@ def test_nothing_reached_the_host(scored, listener):
 def test_controls_without_isolation_do_the_harm(scored, listener):
     """The same network and secret programs pass when run plainly: the sandbox, not the code, stopped them."""
     cases, _, _, _ = scored
-    problems = {p.task_id: p for p in humaneval()}
+    problems = {p.task_id: p for p in load_tasks(["humaneval"])["humaneval"]}
     before = len(listener[1])
     for case in ("network", "secret"):
         task_id, completion, _ = cases[case]
