@@ -79,9 +79,9 @@ class BenchmarkIndex:
 
 def benchmark_texts():
     """(benchmark, task id, text) of every evaluation problem, from the evaluation package."""
-    from evaluation.tasks import humaneval
+    from evaluation.tasks import load_tasks
 
-    for problem in humaneval():
+    for problem in load_tasks(["humaneval"])["humaneval"]:
         yield "humaneval", problem.task_id, problem.prompt + problem.reference
 
 

@@ -23,7 +23,7 @@ from data.prepare import parse_args
 from data.quality import QualityConfig, check_quality
 from data.shards import merge, plan, shard_prefix
 from data.tokenizer import load_tokenizer
-from evaluation.tasks import humaneval
+from evaluation.tasks import load_tasks
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def expected_tokens(tok, texts):
 def solutions():
     """HumanEval problems with a reference of 10+ words: (task id, the function's def line, full text, body)."""
     found = []
-    for problem in humaneval():
+    for problem in load_tasks(["humaneval"])["humaneval"]:
         def_line = re.findall(r"^def \w+.*$", problem.prompt, re.M)[-1]
         if len(problem.reference.split()) >= 2 * NGRAM:
             found.append((problem.task_id, def_line, problem.prompt + problem.reference, problem.reference))
