@@ -3,7 +3,7 @@
     python bench/near_dedup.py                   # 300 standard-library modules as originals
     python bench/near_dedup.py --originals 100 --shingle 5 --perms 256 --threshold 0.7
 
-Corpus: real Python modules of the running interpreter's standard library (200+ code tokens each) whose
+Corpus: real Python modules of the running interpreter's standard library (200+ word tokens each) whose
 exact shingle-set Jaccard with every other chosen module is < 0.5 (checked pairwise here, independent of
 MinHash), so the originals hold no near-duplicates of their own. For every original the corpus gets, in a
 shuffled order after all originals:
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from data.near_dedup import CODE_TOKEN, NearDedupConfig, NearDuplicateIndex, signature
+from data.near_dedup import WORD_TOKEN, NearDedupConfig, NearDuplicateIndex, signature
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 KEYWORDS = frozenset("and as assert async await break class continue def del elif else except False finally for "
@@ -33,8 +33,8 @@ KEYWORDS = frozenset("and as assert async await break class continue def del eli
 
 
 def shingle_set(text: str, shingle: int) -> set:
-    """Exact shingles (tuples of code tokens): the reference Jaccard, independent of any hashing."""
-    tokens = CODE_TOKEN.findall(text)
+    """Exact shingles (tuples of word tokens): the reference Jaccard, independent of any hashing."""
+    tokens = WORD_TOKEN.findall(text)
     return {tuple(tokens[i:i + shingle]) for i in range(max(1, len(tokens) - shingle + 1))}
 
 
@@ -44,7 +44,7 @@ def jaccard(a: set, b: set) -> float:
 
 def rename_identifier(text: str, rng: random.Random) -> str:
     counts: Dict[str, int] = {}
-    for token in CODE_TOKEN.findall(text):
+    for token in WORD_TOKEN.findall(text):
         if token not in KEYWORDS and not token[0].isdigit() and len(token) > 2:
             counts[token] = counts.get(token, 0) + 1
     ranked = sorted(counts, key=lambda t: (-counts[t], t))
@@ -85,7 +85,7 @@ def originals(count: int, shingle: int) -> List[Tuple[str, str, set]]:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        if not 200 <= len(CODE_TOKEN.findall(text)) <= 20000:
+        if not 200 <= len(WORD_TOKEN.findall(text)) <= 20000:
             continue
         shingles = shingle_set(text, shingle)
         if all(jaccard(shingles, other) < 0.5 for _, _, other in chosen):

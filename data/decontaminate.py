@@ -8,9 +8,8 @@ pieces, compared exactly (case and punctuation kept).
 Speed: one pass per document. Each word is hashed once (Python's str hash), each 10-gram hash is a rolling
 combination of its 10 word hashes in numpy (uint64, wrapping), and the document's n-gram hashes are looked up in
 the sorted array of benchmark n-gram hashes with one `searchsorted`. A 64-bit hash keeps a chance match to about
-1e-13 per document at a million benchmark n-grams. Python salts str hashes per process: the index is built in
-the process that checks (or in its parent before the workers fork, which share the salt), never shipped across
-machines.
+1e-13 per document at a million benchmark n-grams. Python salts str hashes per process: each process builds the
+index it checks against (default_index), so hashes are never compared across processes or machines.
 """
 from __future__ import annotations
 
@@ -87,5 +86,5 @@ def benchmark_texts():
 
 @functools.lru_cache(maxsize=1)
 def default_index() -> BenchmarkIndex:
-    """Built once per process tree (~0.1 s); prepare() builds it before forking its workers."""
+    """Built once per process, at its first document (~0.2 s: the evaluation problems are read then)."""
     return BenchmarkIndex(benchmark_texts())

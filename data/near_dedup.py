@@ -1,7 +1,7 @@
 """Near-duplicate removal: MinHash LSH (datasketch) with StarCoder's settings.
 
-A document's set is its 5-gram shingles of code tokens (runs of [A-Za-z0-9_], the StarCoder / bigcode
-near-deduplication tokenization); 256 MinHash permutations (datasketch's default "affine32" scheme, seed 1)
+A document's set is its 5-gram shingles of word tokens (runs of `\w`: the StarCoder / bigcode near-deduplication
+tokens [A-Za-z0-9_], extended to letters and digits of every script so that prose in any language has shingles); 256 MinHash permutations (datasketch's default "affine32" scheme, seed 1)
 estimate the Jaccard similarity of two sets, and datasketch's MinHashLSH with threshold 0.7 picks its banding
 (b bands of r rows minimising false positives + false negatives at 0.7) to find candidate pairs. A candidate
 is confirmed only when the two signatures' estimated Jaccard is >= the threshold, so a chance band collision
@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-CODE_TOKEN = re.compile(r"[A-Za-z0-9_]+")
+WORD_TOKEN = re.compile(r"\w+")
 _ROLL = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the rolling shingle hash
 _CHUNK = 4096  # shingles per datasketch update_batch call: bounds the shingles x permutations matrix to 4 MiB
 
@@ -36,7 +36,7 @@ class NearDedupConfig:
     """StarCoder's near-deduplication settings (bigcode-dataset near_deduplication) by default."""
 
     enabled: bool = True
-    shingle: int = 5  # code tokens per shingle
+    shingle: int = 5  # word tokens per shingle
     num_perm: int = 256  # MinHash permutations
     threshold: float = 0.7  # estimated Jaccard at or above which two documents are near-duplicates
     seed: int = 1  # datasketch's permutation seed: signatures compare only under the same seed
@@ -47,8 +47,8 @@ class NearDedupConfig:
 
 
 def shingle_hashes(text: str, shingle: int) -> np.ndarray:
-    """Distinct 32-bit hashes of the text's `shingle`-grams of code tokens (one shingle if it has fewer)."""
-    tokens = CODE_TOKEN.findall(text)
+    """Distinct 32-bit hashes of the text's `shingle`-grams of word tokens (one shingle if it has fewer)."""
+    tokens = WORD_TOKEN.findall(text)
     if not tokens:
         return np.zeros(0, dtype=np.uint32)
     words = np.array(list(map(zlib.crc32, map(str.encode, tokens))), dtype=np.uint64)
@@ -68,10 +68,13 @@ def _template(num_perm: int, seed: int):
     return MinHash(num_perm=num_perm, seed=seed, hashfunc=int)  # our shingle hashes are already integers
 
 
-def signature(text: str, config: NearDedupConfig) -> np.ndarray:
-    """The document's MinHash signature: `num_perm` uint32 values (datasketch MinHash.hashvalues)."""
-    minhash = _template(config.num_perm, config.seed).copy()
+def signature(text: str, config: NearDedupConfig) -> Optional[np.ndarray]:
+    """The document's MinHash signature: `num_perm` uint32 values (datasketch MinHash.hashvalues); None for a
+    document without a word (the empty set's signature would make all such documents near-duplicates)."""
     hashes = shingle_hashes(text, config.shingle).tolist()
+    if not hashes:
+        return None
+    minhash = _template(config.num_perm, config.seed).copy()
     for start in range(0, len(hashes), _CHUNK):
         minhash.update_batch(hashes[start:start + _CHUNK])
     return minhash.hashvalues
@@ -114,7 +117,9 @@ class Deduplicator:
 
     def __init__(self, near: NearDedupConfig) -> None:
         self.keys: set = set()
-        self.near = NearDuplicateIndex(near) if near.enabled else None
+        self.config = near
+        self.near: Optional[NearDuplicateIndex] = None  # built at the first signature: importing datasketch
+        # (scipy) takes ~1 s, which prepare() should not spend before its workers start reading
 
     def check(self, key: Optional[bytes], values: Optional[np.ndarray], origin: str) -> Optional[Tuple[str, str]]:
         """None to keep, else (reason, detail) naming the kept twin for a near duplicate."""
@@ -122,7 +127,8 @@ class Deduplicator:
             if key in self.keys:
                 return "duplicate", "exact copy of an earlier record"
             self.keys.add(key)
-        if values is not None and self.near is not None:
+        if values is not None and self.config.enabled:
+            self.near = self.near or NearDuplicateIndex(self.config)
             twin = self.near.check(values, origin)
             if twin is not None:
                 return "near_duplicate", f"near copy of {twin} (kept)"

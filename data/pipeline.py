@@ -28,7 +28,6 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from data import filters
-from data.decontaminate import default_index
 from data.documents import Document, content_key, file_document, repo_documents
 from data.languages import language_of
 from data.near_dedup import Deduplicator, signature
@@ -225,8 +224,6 @@ def prepare(options: PrepareOptions) -> Report:
         units = select_shard(units, *options.shard, total_input_bytes(options.inputs, options.exclude))
     batches = batched(units)
     deduplicator = options.deduplicator or Deduplicator(options.filters.near_dedup)
-    if options.filters.decontaminate:
-        default_index()  # built once here, before the workers fork, instead of once per worker
     pool = progress = builder = None
     stopped = False
     try:

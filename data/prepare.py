@@ -38,7 +38,7 @@ def parse_args(argv=None) -> PrepareOptions:
                    help="keep documents sharing a 10-gram with an evaluation problem (HumanEval, GSM8K, ...)")
     p.add_argument("--no-near-dedup", action="store_true", help="keep near-duplicates (MinHash LSH)")
     p.add_argument("--near-dedup", nargs=3, type=float, default=(5, 256, 0.7), metavar=("SHINGLE", "PERMS", "JACCARD"),
-                   help="near-dedup settings: code tokens per shingle, MinHash permutations, Jaccard threshold "
+                   help="near-dedup settings: word tokens per shingle, MinHash permutations, Jaccard threshold "
                         "(default StarCoder's: 5 256 0.7)")
     p.add_argument("--exclude", nargs="*", default=[], metavar="GLOB",
                    help="more directory/file names that are not inputs, on top of the defaults; 'NAME/' matches "

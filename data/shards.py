@@ -136,8 +136,9 @@ def main(argv=None) -> int:
     if args.num_shards < 1:
         raise SystemExit(f"error: --num-shards must be >= 1, got {args.num_shards}")
     if args.step == "merge":
-        prefix = parse_args(["--input", ".", *rest]).output_prefix
-        merge(prefix, args.num_shards)
+        merge_parser = argparse.ArgumentParser(prog="python -m data.shards merge")
+        merge_parser.add_argument("--output-prefix", type=Path, required=True)
+        merge(merge_parser.parse_args(rest).output_prefix, args.num_shards)
         return 0
     options = parse_args(rest)
     prefix, count = options.output_prefix, args.num_shards

@@ -17,7 +17,7 @@ from bench.near_dedup import build_corpus, jaccard, measure, shingle_set
 from data.decontaminate import NGRAM, BenchmarkIndex, benchmark_texts, default_index
 from data.filters import FilterConfig
 from data.languages import language_of
-from data.near_dedup import NearDedupConfig, signature
+from data.near_dedup import Deduplicator, NearDedupConfig, signature
 from data.pipeline import PrepareOptions, prepare, read_back
 from data.prepare import parse_args
 from data.quality import QualityConfig, check_quality
@@ -239,3 +239,16 @@ def test_sharded_run_equals_one_machine(tmp_path):
     assert len(sharded) == len(expected) and all(np.array_equal(a, b) for a, b in zip(sharded, expected))
     for suffix in (".bin", ".idx"):
         assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"single{suffix}").read_bytes()
+
+
+def test_documents_without_words_are_not_near_duplicates():
+    """The empty shingle set has no signature: punctuation-only documents are not all one cluster, and prose in
+    another script has shingles of its own."""
+    config = NearDedupConfig()
+    assert signature("!!! ??? ...\n", config) is None
+    deduplicator = Deduplicator(config)
+    first = "".join(f"第{n}句：数据清洗很重要，训练集里不能有评测题目。" for n in range(40))
+    second = "".join(f"第{n}句：今天天气很好，我们去公园散步吧，然后回家做饭。" for n in range(40))
+    documents = ["!!!\n", "???\n", first, second, first.replace("重要", "关键", 1)]
+    decisions = [deduplicator.check(None, signature(text, config), str(n)) for n, text in enumerate(documents)]
+    assert decisions[:4] == [None] * 4 and decisions[4] == ("near_duplicate", "near copy of 2 (kept)")
