@@ -39,7 +39,10 @@ SECTIONS = {
         Panel("step time (s)", ["step_time_s"]),
     ),
     "Memory": (Panel("peak memory per rank (GiB)", ["memory_gib"]),),
-    "Evaluation": (Panel("evaluation scores", regex=r"^eval/.*"),),
+    "Evaluation": (  # evaluation.run_log's RUN_METRICS, one line per task (launch/evaluate.py --tasks)
+        Panel("evaluation pass@1", regex=r"^eval/[^/]+/pass@1$"),
+        Panel("evaluation exact match", regex=r"^eval/[^/]+/exact_match$"),
+    ),
     "Preference (DPO)": (  # train.dpo.METRICS, logged beside the loss by stage=dpo runs
         Panel("DPO rewards", ["rewards_chosen", "rewards_rejected", "reward_margin"]),
         Panel("DPO validation rewards", ["val_rewards_chosen", "val_rewards_rejected", "val_reward_margin"]),

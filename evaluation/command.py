@@ -35,6 +35,7 @@ def model_completer(args):
 def run(args) -> int:
     try:
         tasks = load_tasks(expand(args.tasks), args.limit, TaskContext(args.data, args.split))
+        given = answers_for(read_completions(args.completions), tasks) if args.completions else None
         if args.unsafe_no_sandbox:
             print("WARNING: --unsafe-no-sandbox: model-written code runs with your network and files", flush=True)
         run_dir = args.checkpoint and run_dir_of(args.checkpoint)  # hidden even when a step dir is named
@@ -48,8 +49,7 @@ def run(args) -> int:
             return 0
         if args.oracle:
             complete = lambda task, problems: {p.task_id: get(task).oracle(p) for p in problems}  # noqa: E731
-        elif args.completions:
-            given = answers_for(read_completions(args.completions), tasks)
+        elif given is not None:
             complete = lambda task, problems: given[task]  # noqa: E731
         else:
             complete = completer

@@ -8,6 +8,8 @@ memory-limit stops are visible, not folded into "failed").
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -46,11 +48,12 @@ def read_completions(path: Path) -> Dict[tuple, Answer]:
 
 
 def answers_for(given: Dict[tuple, Answer], tasks: Dict[str, List[Problem]]) -> Dict[str, Dict[str, Answer]]:
-    """The file's answers per task; an id that no chosen task has is an error (a wrong --tasks or file)."""
+    """The file's answers per task; an id that no chosen task has is an error (a wrong --tasks or file). Records
+    tagged with a task that was not chosen are left aside (an --output file of a larger run scores again)."""
     known = {(name, p.task_id) for name, problems in tasks.items() for p in problems}
     ids = {task_id for _, task_id in known}
     unknown = sorted(f"{task}:{task_id}" if task else task_id for task, task_id in given
-                     if ((task, task_id) not in known if task else task_id not in ids))
+                     if ((task, task_id) not in known if task in tasks else not task and task_id not in ids))
     if unknown:
         raise CompletionsError(f"{len(unknown)} completion(s) for task ids that --tasks {','.join(tasks)} does not "
                                f"have (with --limit, only the first problems count): "
@@ -60,9 +63,15 @@ def answers_for(given: Dict[tuple, Answer], tasks: Dict[str, List[Problem]]) -> 
                    if (name, p.task_id) in given or (None, p.task_id) in given} for name, problems in tasks.items()}
 
 
-def execute(sandbox: Sandbox, programs: List[str], language: str) -> list:
-    """The sandbox's outcomes; Python, the sandbox's default language, is not named."""
-    return sandbox.run_all(programs) if language == "python" else sandbox.run_all(programs, language=language)
+def execute(sandbox: Sandbox, programs: List[str], task: Task) -> list:
+    """The sandbox's outcomes, under at least the task's limits; Python, the sandbox's default, is not named."""
+    wanted = {field: max(value, getattr(sandbox.limits, field)) for field, value in task.minimum_limits.items()}
+    if any(getattr(sandbox.limits, field) != value for field, value in wanted.items()):
+        sandbox = copy.copy(sandbox)
+        sandbox.limits = dataclasses.replace(sandbox.limits, **wanted)
+    if task.language == "python":
+        return sandbox.run_all(programs)
+    return sandbox.run_all(programs, language=task.language)
 
 
 def score(task: Union[str, Task], problems: List[Problem], answers: Dict[str, Union[str, Answer]],
@@ -73,7 +82,7 @@ def score(task: Union[str, Task], problems: List[Problem], answers: Dict[str, Un
     given = [a if isinstance(a, Answer) else Answer(a) for a in (answers[p.task_id] for p in chosen)]
     heads = [task.head(p, a) for p, a in zip(chosen, given)]
     tested = [(p, task.program(p, head)) for p, (_, head) in zip(chosen, heads) if p.test]
-    outcomes = iter(execute(sandbox, [program for _, program in tested], task.language))
+    outcomes = iter(execute(sandbox, [program for _, program in tested], task))
     rows = []
     for problem, answer, (completion, _) in zip(chosen, given, heads):
         outcome = next(outcomes) if problem.test else None

@@ -103,3 +103,18 @@ def test_fim_heldout_cuts_validation_documents_as_training_does(tmp_path):
     shifted = {t.task_id: tasks[i - 1].reference for i, t in enumerate(tasks)}
     wrong = summarize("fim_heldout", score("fim_heldout", tasks, shifted, sandbox))
     assert (oracle["exact_match"], oracle["pass@1"], wrong["exact_match"]) == (1.0, 1.0, 0.0)
+
+
+def test_oracle_cli_passes_evalplus_problems(tmp_path):
+    """The first three problems of humaneval_plus, mbpp and mbpp_plus through the CLI (the reference run here
+    computes its own expected outputs, so this checks the driver end to end; all 920 programs:
+    bench/eval_oracle.py)."""
+    completed = subprocess.run([sys.executable, "launch/evaluate.py", "--oracle", "--tasks",
+                                "humaneval_plus,mbpp,mbpp_plus", "--limit", "3", "--output",
+                                str(tmp_path / "rows.jsonl")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summaries = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert [(s["task"], s["problems"], s["pass@1"]) for s in summaries] == [
+        ("humaneval_plus", 3, 1.0), ("mbpp", 3, 1.0), ("mbpp_plus", 3, 1.0)]
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert {(r["base_status"], r.get("plus_status", "pass")) for r in rows} == {("pass", "pass")}

@@ -4,7 +4,7 @@ registry (evaluation.tasks) finds it by its name, so adding a benchmark is addin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 from evaluation.problem import Problem, truncate
 
@@ -40,6 +40,8 @@ class Task:
     language: str = "python"  # the sandbox language of its programs
     metrics: Tuple[str, ...] = ("pass@1",)  # summary metrics, in the table's order
     column: str = ""  # the column of the Qwen2.5-Coder base-model table it fills; "" = not in that table
+    minimum_limits: Dict[str, float] = {}  # sandbox Limits fields this task's programs need at least
+    benchmark: bool = True  # published problems (decontamination); False for tasks on the user's own data
 
     def problems(self, limit: int, context: TaskContext) -> List[Problem]:
         """The first `limit` problems (all when 0), in the benchmark's order."""
@@ -48,6 +50,10 @@ class Task:
     def oracle(self, problem: Problem) -> Answer:
         """The reference answer (launch/evaluate.py --oracle must score 1.0 with it)."""
         return Answer(problem.reference)
+
+    def document(self, problem: Problem) -> str:
+        """The problem as text a training corpus must not contain: prompt, reference answer, suffix."""
+        return problem.prompt + problem.reference + problem.suffix
 
     def head(self, problem: Problem, answer: Answer) -> Tuple[str, str]:
         """(what the row records as the answer, the program text before the suffix and tests)."""

@@ -63,6 +63,7 @@ def fim_heldout(prefix: str, split: str, documents: int) -> List[Problem]:
 
 class FIMHeldout(Task):
     name, metrics = "fim_heldout", ("pass@1", "exact_match")  # pass@1 is the exact match: nothing runs
+    benchmark = False  # the user's own validation documents
 
     def problems(self, limit: int, context: TaskContext) -> List[Problem]:
         if not context.data:
