@@ -2,7 +2,7 @@
 
 The Qwen2.5-Coder report removes training documents with a 10-gram overlap with HumanEval, MBPP, GSM8K and MATH.
 Here the benchmark texts are every problem (prompt + reference solution) of the evaluation package's tasks plus
-GSM8K's test questions and answers, all from the evaluation package (`benchmark_texts`); words are `str.split()`
+GSM8K's test questions and answers, all from the evaluation package (evaluation.contamination.benchmark_documents); words are `str.split()`
 pieces, compared exactly (case and punctuation kept).
 
 Speed: one pass per document. Each word is hashed once (Python's str hash), each 10-gram hash is a rolling
@@ -76,15 +76,9 @@ class BenchmarkIndex:
         return Contamination(benchmark, task_id, " ".join(words[first:first + self.n]))
 
 
-def benchmark_texts():
-    """(benchmark, task id, text) of every evaluation problem, from the evaluation package."""
-    from evaluation.tasks import load_tasks
-
-    for problem in load_tasks(["humaneval"])["humaneval"]:
-        yield "humaneval", problem.task_id, problem.prompt + problem.reference
-
-
 @functools.lru_cache(maxsize=1)
 def default_index() -> BenchmarkIndex:
-    """Built once per process, at its first document (~0.2 s: the evaluation problems are read then)."""
-    return BenchmarkIndex(benchmark_texts())
+    """Built once per process, at its first document (~0.3 s: the evaluation problems are read then)."""
+    from evaluation.contamination import benchmark_documents
+
+    return BenchmarkIndex(benchmark_documents())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bench.near_dedup import build_corpus, jaccard, measure, shingle_set
-from data.decontaminate import NGRAM, BenchmarkIndex, benchmark_texts, default_index
+from data.decontaminate import NGRAM, BenchmarkIndex, default_index
 from data.filters import FilterConfig
 from data.languages import language_of
 from data.near_dedup import Deduplicator, NearDedupConfig, signature
@@ -23,6 +23,7 @@ from data.prepare import parse_args
 from data.quality import QualityConfig, check_quality
 from data.shards import merge, plan, shard_prefix
 from data.tokenizer import load_tokenizer
+from evaluation.contamination import benchmark_documents
 from evaluation.tasks import load_tasks
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -57,9 +58,10 @@ def solutions():
 
 
 def plant_directory(root: Path):
-    """Real files; three carry a solution (whole problem, body only, problem in the middle), two a near-miss
-    (the same def line with another body). Returns {name: text}, contaminated names -> task id."""
-    chosen = solutions()[:5]
+    """Real files; three carry a HumanEval solution (whole problem, body only, problem in the middle), one a
+    GSM8K test problem in a comment, two a near-miss (the same def line with another body). Returns
+    {name: text}, contaminated names -> task id."""
+    chosen = solutions()[:6]
     files, contaminated = {}, {}
     for index, relative in enumerate(REAL_FILES):
         text = (STDLIB / relative).read_text(encoding="utf-8")
@@ -70,7 +72,11 @@ def plant_directory(root: Path):
             cut = len(text) // 2 if index == 2 else len(text)
             text = text[:cut] + "\n\n" + planted + "\n" + text[cut:]
             contaminated[name] = task_id
-        elif index < 5:
+        elif index == 3:
+            _, task_id, problem = next(document for document in benchmark_documents() if document[0] == "gsm8k")
+            text += "\n" + "".join(f"# {line}\n" for line in problem.splitlines())
+            contaminated[name] = task_id
+        elif index < 6:
             _, def_line, _, _ = chosen[index]
             text += f"\n\n{def_line}\n    # another body: same name, unrelated code\n    return sorted(set(locals()))\n"
         files[name] = text
@@ -81,11 +87,11 @@ def plant_directory(root: Path):
 def test_index_equals_brute_force_ngrams():
     """find() agrees with a set of 10-word tuples over every benchmark text, on real files and planted ones."""
     reference = set()
-    for _, _, text in benchmark_texts():
+    for _, _, text in benchmark_documents():
         words = text.split()
         reference.update(tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1))
     index = default_index()
-    assert index.tasks["humaneval"] == 164
+    assert (index.tasks["humaneval"], index.tasks["mbpp"], index.tasks["gsm8k"]) == (164, 378, 1319)
     documents = [p.read_text(encoding="utf-8") for p in sorted(STDLIB.glob("*.py"))[:150]]
     documents += [f"x = 1\n{text}\n" for _, _, text, _ in solutions()[:20]]
     documents += [f"{body}\n" for _, _, _, body in solutions()[:20]]
@@ -106,11 +112,11 @@ def test_planted_solutions_dropped_near_misses_kept(tmp_path, tok):
     files, contaminated = plant_directory(root)
     report, data = run([root], tmp_path / "clean", workers=2)
     entry = data["skipped"]["contaminated"]
-    assert entry["count"] == 3 and entry["per_benchmark"] == {"humaneval": 3}
+    assert entry["count"] == 4 and entry["per_benchmark"] == {"humaneval": 3, "gsm8k": 1}
     for name, task_id in contaminated.items():
-        assert any(e.startswith(f"{name}: ") and f"humaneval {task_id}" in e for e in entry["examples"]), entry
+        assert any(e.startswith(f"{name}: ") and task_id in e for e in entry["examples"]), entry
     kept = [text for name, text in sorted(files.items()) if name not in contaminated]
-    assert len(kept) == 5  # the two near-misses among them
+    assert len(kept) == 4  # the two near-misses among them
     got = read_back(tmp_path / "clean")
     assert len(got) == len(kept) and all(np.array_equal(a, b) for a, b in zip(got, expected_tokens(tok, kept)))
 
