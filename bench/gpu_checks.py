@@ -180,7 +180,57 @@ def check_te_numerics() -> dict:
         passed &= control["rel_to_max_logit"] > 1e-2
         del hf, other
         torch.cuda.empty_cache()
-    out["passed"] = passed
+    out["yarn_packed"] = _yarn_packed_case()
+    out["passed"] = passed and out["yarn_packed"]["ok"]
+    return out
+
+
+def _yarn_packed_case() -> dict:
+    """YaRN x4 on a packed (THD) row of two documents, TE spec, bf16: logits equal transformers' run on each
+    document alone. megatron-core 0.16.1's fused THD RoPE drops YaRN's mscale (1.139 at factor 4, so attention
+    logits x1.30), which is why model.config turns RoPE fusion off under YaRN; the control forces it back on and
+    must miss the reference by more than the tolerance, or the comparison could not see the defect."""
+    import torch
+
+    from hf_interop.names import hf_to_megatron, load_into_megatron
+    from model.build import build_gpt_model
+    from model.config import transformer_config
+    from model.shapes import YarnScaling, get_shape
+    from tests.hf_reference import random_hf_model
+    from train.trainer import pack_micro_batch
+
+    shape, yarn, lengths = get_shape("0.5b", num_layers=2, vocab_size=1024), YarnScaling(factor=4.0), (48, 80)
+    hf = random_hf_model(shape, seed=0, yarn=yarn)
+    with torch.no_grad():  # sharp attention: with the 0.02-std init scores are ~0 and no temperature shows
+        for layer in hf.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    hf = hf.cuda().to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    documents = [torch.randint(0, shape.vocab_size, (1, n), generator=generator).cuda() for n in lengths]
+    batch = {"tokens": torch.cat(documents, 1),
+             "position_ids": torch.cat([torch.arange(n) for n in lengths])[None].cuda()}
+    packed, params = pack_micro_batch(batch)
+    with torch.no_grad():
+        reference = torch.cat([hf(document).logits for document in documents], 1)
+    state = hf_to_megatron(hf.state_dict(), shape, te_names=True)
+    out = {}
+    for label, fused in (("te_packed", None), ("control_fused_rope", True)):
+        config = transformer_config(shape, use_te=True, yarn=yarn, params_dtype=torch.bfloat16,
+                                    perform_initialization=False)
+        if fused is not None:
+            config.apply_rope_fusion = fused  # the old setting: apply_rope_fusion=use_te
+        model = build_gpt_model(shape, config, transformer_impl="transformer_engine", max_sequence_length=256,
+                                yarn=yarn).cuda().eval()
+        load_into_megatron(model, state)
+        with torch.no_grad():
+            logits = model(packed["tokens"], packed["position_ids"], None, packed_seq_params=params)
+        out[label] = _compare(logits, reference)
+        del model
+    close = out["te_packed"]["rel_to_max_logit"] <= BF16_REL and out["te_packed"]["top1_agree"] >= BF16_TOP1
+    control_caught = out["control_fused_rope"]["rel_to_max_logit"] > BF16_REL
+    out.update(apply_rope_fusion=transformer_config(shape, use_te=True, yarn=yarn).apply_rope_fusion,
+               control_caught=control_caught, ok=close and control_caught)
     return out
 
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_TASKS = "humaneval,humaneval_fim"
+DEFAULT_TASKS = "humaneval,fim_singleline"
 
 
 def positive(text: str) -> int:
@@ -49,9 +49,11 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=positive, default=0, help="first N >= 1 problems of each task (default: all)")
     parser.add_argument("--output", type=Path, help="JSONL, one row per problem")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (512 for humaneval)")
+    parser.add_argument("--batch-size", type=int, help="problems decoded together (default 16)")
     parser.add_argument("--workers", type=int, default=None, help="parallel programs (default: CPU count)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default 10)")
-    parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per program")
+    parser.add_argument("--memory-mb", type=int, default=1024,
+                        help="memory per program, its children and compilers included (default 1024)")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="run model-written code WITHOUT namespace isolation (you accept the risk)")
     return parser.parse_args(argv)

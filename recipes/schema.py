@@ -6,7 +6,7 @@ message. Cross-field layout rules (heads % TP, layers % PP x VPP, ...) live in o
 and run when the composed config becomes these objects (`recipes.compose.to_recipe`).
 
 Config tree (Hydra): recipes/config.yaml (this schema) <- `+recipe=SIZE` (recipes/recipe/SIZE.yaml) which
-pulls `stage: file|repo|sft|dpo` (recipes/stage/*.yaml, what a stage means for any size) and then the tuned
+pulls `stage: file|repo|long|sft|dpo` (recipes/stage/*.yaml, what a stage means for any size) and then the tuned
 layout for that size and stage (recipes/layout/SIZE/STAGE.yaml). Command-line overrides win over all.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from omegaconf import MISSING
 from data.config import DataConfig
 from model.shapes import ModelShape, YarnScaling, get_shape
 
-STAGES = ("file", "repo", "sft", "dpo")
+STAGES = ("file", "repo", "long", "sft", "dpo")
 """Training stages, in order; recipes/stage/NAME.yaml and recipes/layout/SIZE/NAME.yaml exist for each."""
 _SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                "head_dim", "vocab_size", "tied_embeddings")
@@ -43,6 +43,13 @@ class ModelConfig:
     yarn_factor: Optional[float] = None
     """YaRN context extension factor (repo stage: 4.0, 32K -> 128K positions); None = plain RoPE."""
     yarn_original_max_position_embeddings: int = 32_768
+    rope_base: Optional[float] = None
+    """RoPE base (HF rope_theta). None = auto, resolved when the run starts (recipes.validate.rope_base_in_use):
+    a fresh init trains with stage.rope_base; a run that loads or resumes a checkpoint keeps the base that
+    checkpoint records (HF imports record config.json's rope_theta: 1e6 for every released Qwen2.5-Coder), except
+    at a stage that switches it (stage.rope_base_switch: repo and long set 1e6 over a 1e4 stage-1 checkpoint).
+    An explicit value must equal the checkpoint's outside such a switch (RoPE positions of trained weights would
+    silently change otherwise); at a fresh init or a switching stage it replaces stage.rope_base."""
 
 
 @dataclass
@@ -116,7 +123,14 @@ class OptimizerConfig:
 @dataclass
 class StageConfig:
     name: str = "file"
-    """One of STAGES: file (8K next-token + FIM), repo (32K repo-level, YaRN, FP8), sft or dpo."""
+    """One of STAGES: file (8K next-token + FIM), repo (32K repo-level, FP8), long (repo at 128K, YaRN x4),
+    sft or dpo."""
+    rope_base: float = 10_000.0
+    """RoPE base this stage trains with from a fresh init (the Qwen2.5-Coder report: 10,000 for the file-level
+    stage, 1,000,000 from the repo-level stage on; sft/dpo: 1e6, the released models'); see model.rope_base."""
+    rope_base_switch: bool = False
+    """True where the stage sets stage.rope_base over whatever checkpoint it loads (repo, long); False (file,
+    sft, dpo) keeps the loaded checkpoint's recorded base."""
     dpo_beta: float = 0.1
     """stage=dpo: beta, the strength of the KL tie to the reference (train.dpo); > 0."""
     dpo_label_smoothing: float = 0.0
@@ -192,8 +206,11 @@ class Recipe:
     plan: PlanConfig = field(default_factory=PlanConfig)
 
     def model_shape(self) -> ModelShape:
-        """The recipe's shape with its shrink overrides (model.num_layers=2, ...) applied."""
+        """The recipe's shape with its shrink overrides (model.num_layers=2, ...) applied, and its RoPE base:
+        model.rope_base once set (train.loop resolves auto against the checkpoint it loads), else the stage's
+        fresh-init base."""
         overrides = {name: getattr(self.model, name) for name in _SHRINKABLE}
+        overrides["rope_theta"] = self.model.rope_base if self.model.rope_base is not None else self.stage.rope_base
         return get_shape(self.model.shape, **{k: v for k, v in overrides.items() if v is not None})
 
     def yarn_scaling(self) -> Optional[YarnScaling]:

@@ -1,12 +1,13 @@
 """End to end: the tiny model of README's first command, trained here for 3 steps at its TP2 layout on stdlib
-code, evaluated on humaneval, humaneval_fim and fim_heldout (the 2 validation documents of its data under
-split 60,40,0) (first 2 problems each, up to 12 new tokens; any score):
-- through the megatron checkpoint at TP2 (torchrun, 2 ranks: vocabulary-parallel logits gathered over TP; KV cache),
-- through the same checkpoint at PP2 (`--pp 2`: resharded on load, one full forward per token through the pipeline),
-- through its Hugging Face export (launch/convert.py export -> transformers, one process);
-the completions must be identical, and equal transformers' own `generate` (greedy) on the same prompts, cut
-at the same stop sequences: an independent decoding loop. The run directory's metrics.jsonl gets the summary
-at the checkpoint's step. Cost ~2.5 min on 2 cores (training ~50 s, TP2 and PP2 evaluations ~40 s each,
+code, evaluated on humaneval, fim_singleline and fim_heldout (the 2 validation documents of its data under
+split 60,40,0) (first 3 problems each, up to 12 new tokens; any score), decoded in batches:
+- through the megatron checkpoint at TP2 (torchrun, 2 ranks: vocabulary-parallel logits gathered over TP; KV cache;
+  --batch-size 2, so a task's 3 problems make a batch of 2 and one of 1),
+- through the same checkpoint at PP2 (`--pp 2`: resharded on load, one full forward per step through the pipeline),
+- through its Hugging Face export (launch/convert.py export -> transformers' batched generate, one process);
+the completions must be identical, and equal transformers' own `generate` (greedy) on each prompt alone, cut
+at the same stop sequences: an independent, unbatched decoding loop. The run directory's metrics.jsonl gets the
+summary at the checkpoint's step. Cost ~2.5 min on 2 cores (training ~50 s, TP2 and PP2 evaluations ~40 s each,
 export + HF ~25 s).
 """
 from __future__ import annotations
@@ -21,13 +22,12 @@ import pytest
 import torch
 
 from evaluation.generate import END_IDS, prompt_ids
-from evaluation.problem import truncate
-from evaluation.tasks import load_tasks
-from evaluation.tasks.base import TaskContext
+from evaluation.tasks import get, load_tasks
+from evaluation.tasks.base import Answer, TaskContext
 from tests.run_helpers import FAST, environment, prepare_code_dataset, run_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL = ["--limit", "2", "--max-new-tokens", "12", "--tasks", "humaneval,humaneval_fim,fim_heldout", "--split",
+EVAL = ["--limit", "3", "--max-new-tokens", "12", "--tasks", "humaneval,fim_singleline,fim_heldout", "--split",
         "60,40,0"]
 
 
@@ -53,7 +53,8 @@ def evaluated(tmp_path_factory):
     assert trained.returncode == 0, trained.stderr[-5000:]
     evaluate = [*EVAL, "--data", str(prefix)]
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "launch/evaluate.py", "--checkpoint", str(run_dir), *evaluate, "--output", str(work / "tp2.jsonl")])
+         "launch/evaluate.py", "--checkpoint", str(run_dir), *evaluate, "--batch-size", "2",
+         "--output", str(work / "tp2.jsonl")])
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch/evaluate.py",
          "--checkpoint", str(run_dir), "--pp", "2", *evaluate, "--output", str(work / "pp2.jsonl")])
     run([sys.executable, "launch/convert.py", "export", "--mcore", str(run_dir), "--out", str(work / "hf"),
@@ -64,14 +65,15 @@ def evaluated(tmp_path_factory):
 
 def test_megatron_tp2_pp2_and_hf_export_give_identical_completions(evaluated):
     _, tp2, hf, pp2 = evaluated
-    assert list(tp2) == list(hf) == list(pp2) == ["HumanEval/0", "HumanEval/1", "HumanEval/0/L0", "HumanEval/0/L1",
-                                                  "fim_heldout/3", "fim_heldout/4"]
+    fim = [f"SingleLineInfilling/HumanEval/0/L{line}" for line in range(3)]
+    assert list(tp2) == list(hf) == list(pp2) == ["HumanEval/0", "HumanEval/1", "HumanEval/2", *fim, "fim_heldout/3",
+                                                  "fim_heldout/4"]
     for task_id in tp2:
         assert tp2[task_id]["completion"] == hf[task_id]["completion"] == pp2[task_id]["completion"], task_id
         assert tp2[task_id]["completion"], task_id  # something was generated
         assert tp2[task_id]["status"] in ("passed", "failed", "timeout", "memory_limit", "killed", "mismatch")
         assert isinstance(tp2[task_id]["passed"], bool) and tp2[task_id]["prompt"]
-    assert all("exact_match" in tp2[t] for t in ("HumanEval/0/L0", "HumanEval/0/L1", "fim_heldout/3"))
+    assert all("exact_match" in tp2[t] for t in (*fim, "fim_heldout/3"))
 
 
 def test_completions_equal_transformers_generate(evaluated):
@@ -83,13 +85,15 @@ def test_completions_equal_transformers_generate(evaluated):
     tokenizer = load_tokenizer("qwen2.5")
     model = AutoModelForCausalLM.from_pretrained(str(work / "hf"), dtype=torch.float32).eval()
     prefix = str(work / "stdlib_subset")
-    for problems in load_tasks(["humaneval", "humaneval_fim", "fim_heldout"], 2, TaskContext(prefix, "60,40,0")).values():
+    chosen = load_tasks(["humaneval", "fim_singleline", "fim_heldout"], 2, TaskContext(prefix, "60,40,0"))
+    for name, problems in chosen.items():
         for problem in problems:
             ids = torch.tensor([prompt_ids(tokenizer, problem)])
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                                  eos_token_id=sorted(END_IDS), pad_token_id=min(END_IDS))
             new = [t for t in out[0, ids.shape[1]:].tolist() if t not in END_IDS]
-            assert truncate(tokenizer.decode(new), problem.stops) == tp2[problem.task_id]["completion"]
+            cut, _ = get(name).head(problem, Answer(tokenizer.decode(new)))  # the task's own cut
+            assert cut == tp2[problem.task_id]["completion"]
 
 
 def test_summary_lands_in_the_run_metrics(evaluated):
@@ -97,18 +101,17 @@ def test_summary_lands_in_the_run_metrics(evaluated):
     records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     evaluation = [r for r in records if "eval/humaneval/pass@1" in r]
     assert [r["step"] for r in evaluation] == [3, 3]  # the TP2 and the PP2 evaluation of the step-3 checkpoint
-    assert {"eval/humaneval_fim/pass@1", "eval/humaneval_fim/exact_match"} <= set(evaluation[0])
+    assert {"eval/fim_singleline/pass@1", "eval/fim_singleline/exact_match"} <= set(evaluation[0])
 
 
 def test_kv_cache_decoding_equals_full_forward(gloo, monkeypatch):
     """megatron's StaticInferenceContext, as evaluation decodes with it (PP1): the logits of a prefill and of each
-    one-token step equal a full forward over the whole sequence (a random tiny model, fp32), and greedy tokens
-    through the cache equal greedy tokens by full re-forward, across a second prompt that restarts the cache.
-    Negative control: the decode step's attention with SDPA's top-left causal triangle (the one query sees only the
-    first key) moves the logits by ~0.5."""
+    one-token step equal a full forward over the whole sequence (a random tiny model, fp32); greedy tokens
+    through the cache, batched, are checked in tests/test_eval_batching.py. Negative control: the decode step's
+    attention with SDPA's top-left causal triangle (the one query sees only the first key) moves the logits by
+    ~0.5."""
     from megatron.core.inference.contexts import StaticInferenceContext
 
-    from evaluation.generate import _megatron_kv_cache
     from model import layers
     from recipes.compose import compose_config, to_recipe
     from train.trainer import Trainer
@@ -134,13 +137,3 @@ def test_kv_cache_decoding_equals_full_forward(gloo, monkeypatch):
             patch.setattr(layers, "AttnMaskType", SimpleNamespace(no_mask=None))
             assert (cached_logits()[1:] - full[1:]).abs().max() > 0.1
 
-        def full_forward(sequence):
-            return int(model(torch.tensor([sequence]), torch.arange(len(sequence))[None], None)[0, -1].argmax())
-
-        cached = _megatron_kv_cache(model, torch.device("cpu"), max_length=512)
-        for prompt in (ids[0, :10].tolist(), ids[0, 5:9].tolist()):
-            ours, reference = list(prompt), list(prompt)
-            for _ in range(12):
-                ours.append(cached(ours))
-                reference.append(full_forward(reference))
-            assert ours == reference

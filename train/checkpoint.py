@@ -18,6 +18,10 @@ the split, the sequence length and FIM. A checkpoint records these (`data_order`
 changes any of them would silently repeat some samples and skip others, so it stops with the differences
 unless checkpoint.allow_data_order_change=true. The layout (TP/PP/CP/DP) is not part of it: the loaders
 serve the same global batches at any DP size.
+
+Tokenizer: a checkpoint records data.tokenizer's identity (name, vocab size, fingerprint; data.tokenizer
+.tokenizer_identity), the ids its embedding rows were trained on. recorded_tokenizer() reads it back for the
+HF export and evaluation, which would otherwise pair the weights with the Qwen2.5 tokenizer without a word.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.validation import StrictHandling
 from torch.distributed.checkpoint.api import CheckpointException
 
+from data.tokenizer import tokenizer_identity
+
 LATEST = "latest"
 # torch.distributed.checkpoint reports a corrupt shard file as CheckpointException, a BaseException.
 _UNREADABLE = (Exception, CheckpointException)
@@ -48,6 +54,10 @@ SHARDING_TYPES = {False: "dp_reshardable", True: "fully_reshardable"}
 # so even a TE checkpoint never holds it. Those entries keep their fresh values (FP8 scaling restarts); any
 # other absent or unexpected tensor is an error.
 EXTRA_STATE = "_extra_state"
+# The RoPE base the weights were trained with, in each checkpoint's common state (recipes.validate.rope_base_in_use
+# continues a checkpoint with it). Checkpoints written before it was recorded all trained at 1e6, the base every
+# stage used then.
+ROPE_BASE, UNRECORDED_ROPE_BASE = "rope_base", 1_000_000.0
 
 
 class CheckpointError(RuntimeError):
@@ -93,6 +103,12 @@ def check_data_order(directory: Path, saved: Optional[dict], recipe) -> None:
         "checkpoint.allow_data_order_change=true to accept it, or start a new run dir from its weights only "
         f"(checkpoint.load={directory})."
     )
+
+
+def recorded_tokenizer(checkpoint_dir) -> Optional[dict]:
+    """{name, vocab_size, fingerprint} of the tokenizer a training checkpoint was trained with; None for a
+    checkpoint that records none (a Hugging Face import, or one saved before tokenizers were recorded)."""
+    return dist_checkpointing.load_common_state_dict(str(checkpoint_dir)).get("tokenizer")
 
 
 @dataclass
@@ -200,10 +216,20 @@ def _sharded_state(trainer, is_loading: bool, metadata: dict) -> dict:
     return state
 
 
-def save_weights(model_chunks, directory: Path) -> None:
+def save_weights(model_chunks, directory: Path, rope_base: float) -> None:
     """Model weights only (what convert.py writes and `checkpoint.load` reads); any layout can load it."""
     directory.mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save(_model_state_dict(model_chunks), str(directory))
+    dist_checkpointing.save({**_model_state_dict(model_chunks), ROPE_BASE: rope_base}, str(directory))
+
+
+def recorded_rope_base(directory: Path) -> Optional[float]:
+    """The RoPE base a complete checkpoint directory records (UNRECORDED_ROPE_BASE for older ones); None when its
+    common state cannot be read (resume then reports the checkpoint as unreadable)."""
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(directory))
+    except _UNREADABLE:
+        return None
+    return float(common.get(ROPE_BASE, UNRECORDED_ROPE_BASE)) if isinstance(common, dict) else None
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Optional[Path]:
@@ -237,9 +263,12 @@ def resolve_checkpoint(path) -> Path:
     raise CheckpointError(f"{path} is not a megatron distributed checkpoint: found none of {looked_for}{hint}")
 
 
-def load_weights(model_chunks, directory: Path) -> None:
-    """Load model weights (no optimizer/step) into this layout from what resolve_checkpoint accepts."""
+def load_weights(model_chunks, directory: Path, rope_base_switch: bool = False) -> None:
+    """Load model weights (no optimizer/step) into this layout from what resolve_checkpoint accepts.
+    rope_base_switch: the stage sets its own RoPE base over the checkpoint's (stage.rope_base_switch)."""
     directory = resolve_checkpoint(directory)
+    if not rope_base_switch:
+        _check_rope_base(model_chunks, directory)
     loaded, _, absent = dist_checkpointing.load(_model_state_dict(model_chunks), str(directory),
                                                 strict=StrictHandling.RETURN_UNEXPECTED)
     absent_weights = sorted(key for key in absent if not key.endswith(EXTRA_STATE))
@@ -248,6 +277,18 @@ def load_weights(model_chunks, directory: Path) -> None:
                               f"{' ...' if len(absent_weights) > 6 else ''}; it holds another model (shape, "
                               "tying or layers differ): pass the recipe it was written with")
     _apply_model_state(model_chunks, loaded)
+
+
+def _check_rope_base(model_chunks, directory: Path) -> None:
+    """Weights continue at the RoPE base they were trained with: a model built with another base (a recipe whose
+    stage default differs, used without train.loop's resolution) is refused instead of silently rotating anew."""
+    module = model_chunks[0]
+    while not hasattr(module, "rotary_base") and hasattr(module, "module"):
+        module = module.module  # DDP, then megatron's Float16Module
+    recorded, built = recorded_rope_base(directory), getattr(module, "rotary_base", None)
+    if recorded is not None and built is not None and float(built) != recorded:
+        raise CheckpointError(f"{directory} was trained with RoPE base {recorded:g}, this model is built with "
+                              f"{float(built):g}: build it with model.rope_base={recorded:g}")
 
 
 def _apply_model_state(model_chunks, loaded: dict) -> None:
@@ -269,6 +310,7 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.metadata = {"distrib_optim_sharding_type": SHARDING_TYPES[reshardable_optimizer]}
         self.resumed_from: Optional[Path] = None
+        self._tokenizer_identity: Optional[dict] = None
         if torch.distributed.get_rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob("*.tmp"):
@@ -292,8 +334,10 @@ class CheckpointManager:
             scheduler=trainer.scheduler.state_dict(),
             training=dict(step=state.step, consumed_samples=state.consumed_samples),
             data_order=data_order(trainer.recipe),
+            tokenizer=self._tokenizer(trainer.recipe.data.tokenizer),
             recipe=recipe_dict,
         )
+        sharded[ROPE_BASE] = trainer.shape.rope_theta  # the base this run's weights train with
         dist_checkpointing.save(sharded, str(staging), content_metadata=self.metadata)
         torch.distributed.barrier()
         if torch.distributed.get_rank() == 0:
@@ -306,6 +350,11 @@ class CheckpointManager:
             self._prune(keep=name)
         torch.distributed.barrier()
         return final
+
+    def _tokenizer(self, spec: str) -> dict:
+        if self._tokenizer_identity is None:  # a tokenizer directory takes ~1-3 s to load: once per run
+            self._tokenizer_identity = tokenizer_identity(spec)
+        return self._tokenizer_identity
 
     def _prune(self, keep: str) -> None:
         complete = sorted(p for p in self.root.glob("step_*") if not p.name.endswith(".tmp"))

@@ -23,8 +23,8 @@ from data.sft import build_sft_datasets, sft_source
 from data.tokenizer import load_tokenizer
 from recipes.schema import Recipe
 
-DATASET_BUILDERS = {"file": build_pretrain_datasets, "repo": build_pretrain_datasets, "sft": build_sft_datasets,
-                    "dpo": build_preference_datasets}
+DATASET_BUILDERS = {"file": build_pretrain_datasets, "repo": build_pretrain_datasets, "long": build_pretrain_datasets,
+                    "sft": build_sft_datasets, "dpo": build_preference_datasets}
 
 
 def check_sources(recipe: Recipe) -> None:
@@ -39,7 +39,7 @@ def check_sources(recipe: Recipe) -> None:
     else:
         vocab_size = recipe.model_shape().vocab_size
         for source in data.sources:
-            summarize_source(source.name, source.prefix, data.split, vocab_size)
+            summarize_source(source.name, source.prefix, data.split, vocab_size, data.tokenizer)
 
 
 class DataFeed:
