@@ -112,7 +112,10 @@ def test_planted_solutions_dropped_near_misses_kept(tmp_path, tok):
     files, contaminated = plant_directory(root)
     report, data = run([root], tmp_path / "clean", workers=2)
     entry = data["skipped"]["contaminated"]
-    assert entry["count"] == 4 and entry["per_benchmark"] == {"humaneval": 3, "gsm8k": 1}
+    # A HumanEval solution is in every task built on HumanEval; the first registered one is named.
+    per_benchmark = entry["per_benchmark"]
+    assert entry["count"] == 4 and sum(per_benchmark.values()) == 4 and per_benchmark["gsm8k"] == 1, per_benchmark
+    assert set(per_benchmark) - {"gsm8k"} <= {"humaneval", "humaneval_plus", "fim_singleline"}, per_benchmark
     for name, task_id in contaminated.items():
         assert any(e.startswith(f"{name}: ") and task_id in e for e in entry["examples"]), entry
     kept = [text for name, text in sorted(files.items()) if name not in contaminated]
