@@ -26,7 +26,9 @@ class DataSource:
     name: str = "code"
     """Label used in logs and errors."""
     prefix: str = ""
-    """Path prefix of the .bin/.idx pair, without the suffix; stage=sft: the conversations' .jsonl file path."""
+    """Path prefix of the .bin/.idx pair, without the suffix, or a directory of such pairs, or a glob of prefixes
+    (`/data/out/code-*`: every shard data.shards wrote for --output-prefix /data/out/code), each prefix weighted
+    by its tokens within the source; stage=sft: the conversations' .jsonl file path."""
     weight: float = 1.0
     """Blend weight; weights are normalised over all sources."""
     fim_rate: Optional[float] = None

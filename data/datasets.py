@@ -11,12 +11,15 @@ build_pretrain_datasets() is what the training loop calls. It
    megatron's blending index is deterministic and greedy: after n samples every source is within one sample
    of weight x n. FIM is per source (source_fim_rate): code gets data.fim_rate, sources prepared as text
    (data/prepare.py --mode text, recorded in PREFIX.report.json) get none, as in the Qwen2.5-Coder paper;
-3. checks each source's integrity first (summarize_source): the .idx's total bytes equal the .bin's size, the
+3. expands a source whose prefix is a directory or a glob (data.shards' `PREFIX-*`) into one blend entry per
+   shard, weighted by the shard's tokens times the source's weight (blend_sources), so the shards are sampled as
+   one merged prefix would be and every shard gets the checks below;
+4. checks each source's integrity first (summarize_source): the .idx's total bytes equal the .bin's size, the
    report (PREFIX.report.json) belongs to this pair (sizes and .idx sha256) and names the recipe's tokenizer
    (fingerprint); a source without a report gets a memory-mapped max-id scan against the vocabulary
    (numpy's max over the .bin: 1.15 GB/s wall from page cache on a busy 2-core machine). Foreign data would
    train on wrong tokens or fail at step 1 with an IndexError deep in the embedding;
-4. keys megatron's index cache by content: megatron's own key is the prefix path, split, seed and length, so
+5. keys megatron's index cache by content: megatron's own key is the prefix path, split, seed and length, so
    re-preparing a prefix would reuse indices of the old documents (rows past the new documents' ends, or an
    IndexError). The tokenizer's unique_identifiers, part of that key, carry each source's content
    fingerprint (the report's content_sha256; without a report the .idx sha256, .bin size and mtime).
@@ -27,9 +30,10 @@ cache directory (BlendedDataset asks for the rank); a 1-process gloo group is en
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -56,6 +60,7 @@ class SourceSummary:
     split_documents: List[int]
     split_tokens: List[int]
     fingerprint: str  # names the content (megatron's index cache key)
+    source_index: int = 0  # the data.sources entry it belongs to (a glob source's shards share one)
 
 
 def split_bounds(split: str, documents: int) -> List[Optional[Tuple[int, int]]]:
@@ -98,6 +103,54 @@ def summarize_source(name: str, prefix: str, split: str, vocab_size: int, tokeni
         split_docs.append(end - begin)
         split_tokens.append(int(lengths[begin:end].sum()))
     return SourceSummary(name, prefix, len(lengths), int(lengths.sum()), split_docs, split_tokens, fingerprint)
+
+
+def source_prefixes(source: DataSource) -> List[str]:
+    """The .bin/.idx prefixes a source names: its prefix; for a directory, every PREFIX.idx directly in it; for a
+    glob (`*`, `?`, `[`), every PREFIX whose PREFIX.idx it matches. Sorted, which is shard order for the
+    PREFIX-00003-of-00008 names data.shards writes."""
+    prefix = source.prefix
+    if prefix and Path(prefix).is_dir():
+        pattern = str(Path(prefix) / "*")
+    elif any(char in prefix for char in "*?["):
+        pattern = prefix
+    else:
+        return [prefix]
+    found = sorted(path[:-len(".idx")] for path in glob.glob(f"{pattern}.idx"))
+    if not found:
+        raise DataValidationError(
+            f"data source {source.name!r}: {prefix!r} matches no prepared data (no file matches {pattern}.idx); "
+            "set data.sources[].prefix to data/prepare.py's output prefix, a directory of them, or a glob of "
+            "data.shards' outputs (PREFIX-* for every shard of --output-prefix PREFIX)"
+        )
+    return found
+
+
+def blend_sources(cfg: DataConfig, vocab_size: int, tokenizer) -> Tuple[DataConfig, List[SourceSummary]]:
+    """cfg with one source per prefix, and each prefix's summary (summarize_source, so every shard gets every
+    check). A directory or glob source becomes one source per shard, named SOURCE:SHARD and weighted by the
+    source's weight times the shard's share of the source's tokens (counted in the .idx, which the report check
+    ties to the report's count): the blend samples each shard as one merged prefix of them would be sampled.
+    Shards without tokens hold no samples and are left out."""
+    sources, summaries = [], []
+    for index, source in enumerate(cfg.sources):
+        prefixes = source_prefixes(source)
+        if prefixes == [source.prefix]:
+            sources.append(source)
+            summary = summarize_source(source.name, source.prefix, cfg.split, vocab_size, tokenizer)
+            summaries.append(replace(summary, source_index=index))
+            continue
+        shards = [replace(summarize_source(f"{source.name}:{Path(prefix).name}", prefix, cfg.split, vocab_size,
+                                           tokenizer), source_index=index) for prefix in prefixes]
+        total = sum(shard.tokens for shard in shards)
+        if total == 0:
+            raise DataValidationError(f"data source {source.name!r}: the {len(shards)} prefixes {source.prefix!r} "
+                                      "matches hold no tokens; prepare data into them first")
+        for shard in (shard for shard in shards if shard.tokens):
+            sources.append(replace(source, name=shard.name, prefix=shard.prefix,
+                                   weight=source.weight * shard.tokens / total))
+            summaries.append(shard)
+    return replace(cfg, sources=sources), summaries
 
 
 def _read_index(name: str, prefix: str):
@@ -174,9 +227,11 @@ def source_fim_rate(source: DataSource, cfg: DataConfig) -> float:
     return 0.0 if prepared_mode(source.prefix) == "text" else cfg.fim_rate
 
 
-def validate_sources(cfg: DataConfig, samples: List[int], tokenizer: Tokenizer) -> List[SourceSummary]:
-    """Fail before building when any source is broken or foreign, or any requested split of one is empty."""
-    summaries = [summarize_source(s.name, s.prefix, cfg.split, tokenizer.vocab_size, tokenizer) for s in cfg.sources]
+def validate_sources(cfg: DataConfig, samples: List[int],
+                     tokenizer: Tokenizer) -> Tuple[DataConfig, List[SourceSummary]]:
+    """Fail before building when any source is broken or foreign, or any requested split of one is empty;
+    returns blend_sources' config (one source per prefix) and summaries."""
+    cfg, summaries = blend_sources(cfg, tokenizer.vocab_size, tokenizer)
     shares = split_percentages(cfg.split)
     problems = []
     for summary in summaries:
@@ -198,7 +253,7 @@ def validate_sources(cfg: DataConfig, samples: List[int], tokenizer: Tokenizer) 
             + "\nFix: add documents to the source or widen that share of data.split (e.g. '90,10,0'); "
             "to train without validation set data.split to '100,0,0' and request 0 validation samples."
         )
-    return summaries
+    return cfg, summaries
 
 
 def build_pretrain_datasets(
@@ -224,7 +279,7 @@ def build_pretrain_datasets(
                          f"{seq_length}, {train_samples}, {valid_samples}")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
     sizes = [train_samples, valid_samples, 0]
-    summaries = validate_sources(cfg, sizes, tokenizer)
+    cfg, summaries = validate_sources(cfg, sizes, tokenizer)
     tokenizer.data_fingerprints = {summary.prefix: summary.fingerprint for summary in summaries}  # cache key
     if cfg.cache_dir and not torch.distributed.is_initialized():
         raise RuntimeError(
@@ -256,4 +311,24 @@ def build_pretrain_datasets(
         logger.info("data source %s: %d documents, %d tokens, FIM rate %g (%s)", summary.name, summary.documents,
                     summary.tokens, fim_rates[summary.prefix], summary.prefix)
     train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
-    return train_ds, (valid_ds if valid_samples else None)
+    valid_ds = valid_ds if valid_samples else None
+    source_of = [summary.source_index for summary in summaries]
+    if source_of != list(range(len(source_of))):  # a glob or directory source: name its samples by the source
+        train_ds, valid_ds = (None if ds is None else SourceTagged(ds, source_of) for ds in (train_ds, valid_ds))
+    return train_ds, valid_ds
+
+
+class SourceTagged:
+    """megatron's blend with each sample's `dataset_id` mapped from its shard to the data.sources entry the
+    shard belongs to, so per-source losses (val_loss/NAME) add a glob source's shards up into one."""
+
+    def __init__(self, blend, source_of: List[int]) -> None:
+        self.blend = blend
+        self.source_of = np.asarray(source_of, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.blend)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.blend[index]
+        return {**item, "dataset_id": self.source_of[item["dataset_id"]]}

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, List, Optional
 
 from megatron.core import parallel_state
 
-from data.datasets import build_pretrain_datasets, summarize_source
+from data.datasets import blend_sources, build_pretrain_datasets
 from data.loader import build_loader
 from data.preference import build_preference_datasets, pairs_source
 from data.sft import build_sft_datasets, sft_source
@@ -37,9 +37,7 @@ def check_sources(recipe: Recipe) -> None:
     elif recipe.stage.name == "dpo":
         pairs_source(data)
     else:
-        vocab_size = recipe.model_shape().vocab_size
-        for source in data.sources:
-            summarize_source(source.name, source.prefix, data.split, vocab_size, data.tokenizer)
+        blend_sources(data, recipe.model_shape().vocab_size, data.tokenizer)  # every shard of a glob source
 
 
 class DataFeed:

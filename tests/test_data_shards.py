@@ -1,0 +1,119 @@
+"""Training reads data.shards' outputs directly: a source whose prefix is a glob (`PREFIX-*`) or a directory
+becomes one blend entry per shard, weighted by the shard's tokens (checked against each shard's report), every
+shard checked as a source of its own; the shards' documents are the one-machine run's token for token, and
+launch/pretrain.py trains on the glob. A glob matching nothing is one `error:` line."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.config import DataConfig, DataSource
+from data.datasets import DataValidationError, blend_sources, build_pretrain_datasets
+from data.pipeline import PrepareOptions, prepare, read_back
+from data.shards import main as shards_main, shard_prefix
+from data.tokenizer import VOCAB_SIZE, load_tokenizer
+from tests.run_helpers import FAST, REPO, run_pretrain, train_losses
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+FILES = ["textwrap.py", "json/decoder.py", "json/encoder.py", "shlex.py", "fnmatch.py", "colorsys.py", "bisect.py",
+         "heapq.py", "string.py", "glob.py"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """(shards directory, the 2 shard prefixes, the one-machine prefix) for one small corpus of real files."""
+    work = tmp_path_factory.mktemp("shards")
+    root = work / "src"
+    root.mkdir()
+    for name in FILES:
+        shutil.copy(STDLIB / name, root / name.replace("/", "_"))
+    prefix = work / "out" / "code"
+    flags = ["--num-shards", "2", "--input", str(root), "--output-prefix", str(prefix), "--no-progress"]
+    for step, indices in (("sign", [0, 1]), ("plan", [None]), ("write", [0, 1])):
+        for index in indices:
+            assert shards_main([step, *flags, *([] if index is None else ["--shard-index", str(index)])]) == 0
+    prepare(PrepareOptions(inputs=[root], output_prefix=work / "single", progress=False))
+    return prefix.parent, [shard_prefix(prefix, index, 2) for index in range(2)], work / "single"
+
+
+def documents(prefixes) -> list:
+    return [document for prefix in prefixes for document in read_back(prefix)]
+
+
+def test_glob_blend_weights_shards_by_tokens_and_holds_the_one_machine_documents(prepared, gloo):
+    directory, shards, single = prepared
+    tokens = [json.loads(Path(f"{shard}.report.json").read_text())["tokens"] for shard in shards]
+    assert min(tokens) > 0 and tokens[0] != tokens[1]  # unequal shards: a weight per source would differ
+    cfg = DataConfig(sources=[DataSource("code", f"{directory}/code-*", 0.6), DataSource("text", str(single), 0.4)],
+                     split="100,0,0")
+    blend, summaries = blend_sources(cfg, VOCAB_SIZE, "qwen2.5")
+    assert [s.prefix for s in blend.sources] == [str(shards[0]), str(shards[1]), str(single)]
+    assert [s.name for s in blend.sources] == ["code:code-00000-of-00002", "code:code-00001-of-00002", "text"]
+    assert blend.weights() == pytest.approx([0.6 * tokens[0] / sum(tokens), 0.6 * tokens[1] / sum(tokens), 0.4])
+    by_directory, _ = blend_sources(DataConfig(sources=[DataSource("code", str(directory))]), VOCAB_SIZE, "qwen2.5")
+    assert [s.prefix for s in by_directory.sources] == [str(shard) for shard in shards]
+
+    # The union of the shards is the one-machine run, token for token; one shard alone is not (negative control).
+    one_machine = read_back(single)
+    assert sum(s.tokens for s in summaries[:2]) == summaries[2].tokens == sum(len(d) for d in one_machine)
+    sharded = documents(shards)
+    assert len(sharded) == len(one_machine) and all(np.array_equal(a, b) for a, b in zip(sharded, one_machine))
+    first_only, _ = blend_sources(DataConfig(sources=[DataSource("code", f"{directory}/code-00000-*")]), VOCAB_SIZE,
+                                  "qwen2.5")
+    assert len(first_only.sources) == 1 and len(documents([first_only.sources[0].prefix])) < len(one_machine)
+
+    # megatron's blend is built from the shards with those weights: samples per shard within one of weight x n.
+    glob_only = DataConfig(sources=[DataSource("code", f"{directory}/code-*")], split="100,0,0", fim_rate=0.0)
+    train, _ = build_pretrain_datasets(glob_only, 64, 400, 0, seed=1, tokenizer=load_tokenizer(backend="tiktoken"))
+    blended = train.blend  # megatron's BlendedDataset
+    assert [str(d.dataset.path_prefix) for d in blended.datasets] == [str(shard) for shard in shards]
+    counts = np.bincount(np.asarray(blended.dataset_index), minlength=2)
+    assert all(abs(counts[i] - len(train) * tokens[i] / sum(tokens)) <= 1 for i in range(2)), counts
+    # Samples name the recipe's source (0: "code"), not the shard, for the per-source losses.
+    assert {int(train[i]["dataset_id"]) for i in range(len(train))} == {0}
+    assert {int(blended[i]["dataset_id"]) for i in range(len(train))} == {0, 1}
+
+
+def test_every_shard_is_checked_and_an_empty_glob_is_an_error(prepared, tmp_path):
+    directory, shards, _ = prepared
+    stale = tmp_path / "stale"
+    shutil.copytree(directory, stale)
+    with open(stale / f"{shards[1].name}.bin", "ab") as handle:  # a shard's .bin no longer matches its .idx
+        handle.write(b"\0\0\0\0")
+    with pytest.raises(DataValidationError, match=r"'code:code-00001-of-00002'.*different or interrupted runs"):
+        blend_sources(DataConfig(sources=[DataSource("code", f"{stale}/code-*")]), VOCAB_SIZE, "qwen2.5")
+    with pytest.raises(DataValidationError, match=r"matches no prepared data"):
+        blend_sources(DataConfig(sources=[DataSource("code", f"{directory}/kode-*")]), VOCAB_SIZE, "qwen2.5")
+
+
+def test_pretrain_trains_on_a_glob_of_shards(prepared, tmp_path):
+    directory, shards, _ = prepared
+    run_dir = tmp_path / "run"
+    common = ["+recipe=tiny", "parallel.tp=1", *FAST, "train.train_iters=2", "train.eval_interval=2",
+              "train.eval_iters=1", "data.split='70,30,0'", "checkpoint.save_interval=0", f"run.dir={run_dir}"]
+    done = run_pretrain(1, [*common, f"data.sources=[{{name: code, prefix: '{directory}/code-*', weight: 1.0}}]"])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    losses = train_losses(run_dir)
+    assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values()))), losses
+    validation = train_losses(run_dir, "val_loss/code")  # the shards' validation losses add up to the source's
+    assert list(validation) == [2] and np.isfinite(validation[2]), validation
+    log = "".join(path.read_text() for path in (run_dir / "logs").glob("*"))
+    assert all(f"data source code:{shard.name}" in log for shard in shards), log[-3000:]
+
+    missing = f"{directory}/kode-*"
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    failed = subprocess.run([sys.executable, "launch/pretrain.py", *common,
+                             f"data.sources=[{{name: code, prefix: '{missing}', weight: 1.0}}]"],
+                            cwd=REPO, env={**environment, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"},
+                            capture_output=True, text=True, timeout=600)
+    out = (failed.stdout + failed.stderr).strip()
+    assert failed.returncode == 2 and out.count("\n") == 0 and out.startswith(
+        f"error: data source 'code': '{missing}' matches no prepared data"), out
