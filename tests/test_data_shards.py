@@ -117,3 +117,22 @@ def test_pretrain_trains_on_a_glob_of_shards(prepared, tmp_path):
     out = (failed.stdout + failed.stderr).strip()
     assert failed.returncode == 2 and out.count("\n") == 0 and out.startswith(
         f"error: data source 'code': '{missing}' matches no prepared data"), out
+
+
+def test_a_shard_added_to_a_glob_changes_the_recorded_data_order(prepared, tmp_path):
+    from deploy.k8s import compose_recipe
+    from train.checkpoint import DataOrderChanged, check_data_order, data_order
+
+    directory, shards, single = prepared
+    copy = tmp_path / "out"
+    shutil.copytree(directory, copy)
+    recipe = compose_recipe(["+recipe=tiny", "parallel.tp=1", f"data.sources=[{{name: code, prefix: '{copy}/code-*'}}]"])
+    saved = data_order(recipe)
+    assert saved["shards"] == {"code": [str(copy / shard.name) for shard in shards]}
+    check_data_order(copy, saved, recipe)  # unchanged: accepted
+    for suffix in (".bin", ".idx", ".report.json"):
+        shutil.copy(f"{shards[1]}{suffix}", copy / f"code-00002-of-00002{suffix}")
+    with pytest.raises(DataOrderChanged, match="shards"):
+        check_data_order(copy, saved, recipe)
+    plain = compose_recipe(["+recipe=tiny", "parallel.tp=1", f"data.sources=[{{name: code, prefix: '{single}'}}]"])
+    assert "shards" not in data_order(plain)  # a plain prefix records what it always did

@@ -38,6 +38,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.validation import StrictHandling
 from torch.distributed.checkpoint.api import CheckpointException
 
+from data.datasets import source_prefixes
 from data.tokenizer import tokenizer_identity
 
 LATEST = "latest"
@@ -69,9 +70,10 @@ class DataOrderChanged(CheckpointError):
 
 
 def data_order(recipe) -> dict:
-    """What fixes the sequence of training samples (see the module docstring); JSON-friendly."""
+    """What fixes the sequence of training samples (see the module docstring); JSON-friendly. A directory or glob
+    source adds the prefixes it matches ("shards"): a shard added or removed changes the blend."""
     data, train = recipe.data, recipe.train
-    return {
+    order = {
         "stage": recipe.stage.name,
         "train_samples (train_iters x global_batch_size)": train.train_iters * train.global_batch_size,
         "global_batch_size": train.global_batch_size,
@@ -82,6 +84,12 @@ def data_order(recipe) -> dict:
         "mode": data.mode,
         "fim": [data.fim_rate, data.fim_spm_rate],
     }
+    if recipe.stage.name not in ("sft", "dpo"):  # their prefix is one JSONL file
+        matched = {s.name: (s.prefix, source_prefixes(s)) for s in data.sources}
+        shards = {name: prefixes for name, (prefix, prefixes) in matched.items() if prefixes != [prefix]}
+        if shards:  # absent otherwise: checkpoints of plain prefixes keep their recorded order
+            order["shards"] = shards
+    return order
 
 
 def check_data_order(directory: Path, saved: Optional[dict], recipe) -> None:
