@@ -1,7 +1,9 @@
-"""Training reads data.shards' outputs directly: a source whose prefix is a glob (`PREFIX-*`) or a directory
-becomes one blend entry per shard, weighted by the shard's tokens (checked against each shard's report), every
-shard checked as a source of its own; the shards' documents are the one-machine run's token for token, and
-launch/pretrain.py trains on the glob. A glob matching nothing is one `error:` line."""
+"""Sharded preparation on a cluster and training on its outputs: the Kubernetes Jobs deploy.data_job renders
+(Indexed sign and write, one plan pod) have pod templates the real core/v1 schema accepts, and their commands,
+run as the pods would, write shards whose documents are the one-machine run's token for token. Training reads
+them directly: a source whose prefix is a glob (`PREFIX-*`) or a directory becomes one blend entry per shard,
+weighted by the shard's tokens (checked against each shard's report), every shard checked as a source of its
+own, and launch/pretrain.py trains on the glob. A glob matching nothing is one `error:` line."""
 from __future__ import annotations
 
 import json
@@ -14,13 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from data.config import DataConfig, DataSource
 from data.datasets import DataValidationError, blend_sources, build_pretrain_datasets
 from data.pipeline import PrepareOptions, prepare, read_back
 from data.shards import main as shards_main, shard_prefix
 from data.tokenizer import VOCAB_SIZE, load_tokenizer
+from deploy import k8s
+from deploy.data_job import DataJobOptions, build_jobs, job_errors, render_all
 from tests.run_helpers import FAST, REPO, run_pretrain, train_losses
+from tests.test_k8s import CRD
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 FILES = ["textwrap.py", "json/decoder.py", "json/encoder.py", "shlex.py", "fnmatch.py", "colorsys.py", "bisect.py",
@@ -29,19 +35,36 @@ FILES = ["textwrap.py", "json/decoder.py", "json/encoder.py", "shlex.py", "fnmat
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """(shards directory, the 2 shard prefixes, the one-machine prefix) for one small corpus of real files."""
+    """(shards directory, the 2 shard prefixes, the one-machine prefix) for one small corpus of real files, the
+    shards written by the commands of the Kubernetes Jobs deploy.data_job renders, run as their pods would."""
     work = tmp_path_factory.mktemp("shards")
     root = work / "src"
     root.mkdir()
     for name in FILES:
         shutil.copy(STDLIB / name, root / name.replace("/", "_"))
     prefix = work / "out" / "code"
-    flags = ["--num-shards", "2", "--input", str(root), "--output-prefix", str(prefix), "--no-progress"]
-    for step, indices in (("sign", [0, 1]), ("plan", [None]), ("write", [0, 1])):
-        for index in indices:
-            assert shards_main([step, *flags, *([] if index is None else ["--shard-index", str(index)])]) == 0
+    flags = ["--input", str(root), "--output-prefix", str(prefix), "--no-progress"]
+    for job in build_jobs(flags, DataJobOptions(image="qwen-coder:test", pvc="corpus", num_shards=2, mount=str(work))):
+        run_as_kubernetes_would(job)
     prepare(PrepareOptions(inputs=[root], output_prefix=work / "single", progress=False))
     return prefix.parent, [shard_prefix(prefix, index, 2) for index in range(2)], work / "single"
+
+
+def run_as_kubernetes_would(job: dict) -> None:
+    """Every pod of the Job, one after another: its container command with JOB_COMPLETION_INDEX set as
+    Kubernetes sets it in an Indexed Job's pods (data.shards' main in this process: the image's `python -m`)."""
+    spec = job["spec"]
+    command = spec["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "data.shards"], command
+    indices = range(spec["completions"]) if spec.get("completionMode") == "Indexed" else [None]
+    for index in indices:
+        with pytest.MonkeyPatch.context() as patch:
+            if index is None:
+                patch.delenv("JOB_COMPLETION_INDEX", raising=False)
+            else:
+                patch.setenv("JOB_COMPLETION_INDEX", str(index))
+            patch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+            assert shards_main(command[3:]) == 0
 
 
 def documents(prefixes) -> list:
@@ -136,3 +159,47 @@ def test_a_shard_added_to_a_glob_changes_the_recorded_data_order(prepared, tmp_p
         check_data_order(copy, saved, recipe)
     plain = compose_recipe(["+recipe=tiny", "parallel.tp=1", f"data.sources=[{{name: code, prefix: '{single}'}}]"])
     assert "shards" not in data_order(plain)  # a plain prefix records what it always did
+
+
+def test_indexed_jobs_structure_schema_and_cli(tmp_path, capsys):
+    flags = ["--input", "/data/raw", "--output-prefix", "/data/out/code", "--workers", "16"]
+    jobs = build_jobs(flags, DataJobOptions(image="qwen-coder:test", pvc="corpus", num_shards=8, parallelism=4))
+    assert [(job["apiVersion"], job["kind"], job["metadata"]["name"]) for job in jobs] == [
+        ("batch/v1", "Job", f"qwen-prepare-{phase}") for phase in ("sign", "plan", "write")]
+    sign, plan, write = (job["spec"] for job in jobs)
+    for spec, phase in ((sign, "sign"), (write, "write")):
+        assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 8, 4)
+        container = spec["template"]["spec"]["containers"][0]
+        assert container["command"] == ["python", "-m", "data.shards", phase, "--num-shards", "8", *flags]
+        assert container["resources"]["requests"]["cpu"] == "16"  # prepare's --workers
+    assert "completionMode" not in plan and (plan["completions"], plan["parallelism"]) == (1, 1)
+    assert all(job_errors(job) == [] for job in jobs)
+
+    # The pod template against the core/v1 PodTemplateSpec schema the PyTorchJob CRD embeds (closed, as
+    # kubectl's strict field validation); batch/v1's own Job fields by job_errors.
+    crd = k8s.load_crd_schema(CRD)
+    template_schema = crd["properties"]["spec"]["properties"]["pytorchReplicaSpecs"]["additionalProperties"][
+        "properties"]["template"]
+    assert [k8s.schema_errors(spec["template"], template_schema) for spec in (sign, plan, write)] == [[], [], []]
+    broken = json.loads(json.dumps(sign["template"]))
+    broken["spec"]["containers"][0]["comand"] = broken["spec"]["containers"][0].pop("command")  # negative controls
+    assert any("comand" in error for error in k8s.schema_errors(broken, template_schema))
+    always = json.loads(json.dumps(jobs[0]))
+    always["spec"]["template"]["spec"]["restartPolicy"] = "Always"
+    del always["spec"]["completions"]
+    assert len(job_errors(always)) == 2
+
+    from launch.data_job import main
+
+    out = tmp_path / "prepare.yaml"
+    assert main(["--num-shards", "8", "--parallelism", "4", "--image", "qwen-coder:test", "--pvc", "corpus", *flags,
+                 "-o", str(out)]) == 0
+    assert list(yaml.safe_load_all(out.read_text())) == jobs == list(yaml.safe_load_all(render_all(jobs)))
+    capsys.readouterr()
+    assert main(["--num-shards", "8", "--image", "i", "--pvc", "c", "--input", "/data/raw", "--output-prefix",
+                 "/tmp/code"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output-prefix /tmp/code is not under the volume's mount /data") and \
+        "\n" not in err, err
+    assert main(["--num-shards", "8", "--parallelism", "9", "--image", "i", "--pvc", "c", *flags]) == 1
+    assert "--parallelism must be in [1, --num-shards 8]" in capsys.readouterr().err
