@@ -254,7 +254,8 @@ def prepare(options: PrepareOptions) -> Report:
 
     With options.strict, the first batch (~1 MiB) holding malformed input stops the run: nothing is published
     and BadInputError lists every malformed record seen so far, by reason with examples. Input that yields no
-    document (an empty directory, every record skipped) is a BadInputError too, and nothing is published.
+    document (an empty directory, every record skipped) is a BadInputError too, and nothing is published; a
+    shard (options.shard, data/shards.py) may be empty, as one of N shards of a small or duplicated corpus is.
     """
     _check_arguments(options)
     finals = _output_paths(options.output_prefix)
@@ -301,10 +302,11 @@ def prepare(options: PrepareOptions) -> Report:
             if options.strict and report.bad_input():
                 stopped = True  # fail fast: no point tokenizing hours of input that will be refused
                 break
-        if report.documents == 0 and not stopped:
+        if report.documents == 0 and not stopped and options.shard == (0, 1):
             raise BadInputError(f"no documents in {[str(p) for p in options.inputs]} ({report.summary()}); "
                                 "nothing was written. Check --input (and --mode, --languages, --exclude)")
         if not stopped:
+            builder = builder or open_builder()  # a shard may hold no documents: an empty .bin/.idx
             builder.finalize(str(idx_path))
     except BaseException:
         if builder is not None:

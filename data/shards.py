@@ -37,6 +37,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from data.near_dedup import Deduplicator
+from data.report import BadInputError
 
 STEPS = ("sign", "plan", "write", "merge")
 
@@ -76,8 +77,8 @@ class PlannedDeduplicator:
 
     def check(self, key, values, origin: str) -> Optional[Tuple[str, str]]:
         if self.position >= len(self.decisions) or self.decisions[self.position][0] != origin:
-            raise RuntimeError(f"{origin} is not candidate {self.position} of the plan: the inputs or filters "
-                               "changed since `sign`; run sign and plan again")
+            raise BadInputError(f"{origin} is not candidate {self.position} of the plan: the inputs or filters "
+                                "changed since `sign`; run sign and plan again")
         _, reason, detail = self.decisions[self.position]
         self.position += 1
         return (reason, detail) if reason else None
@@ -87,9 +88,14 @@ def plan(prefix: Path, count: int, options) -> Path:
     """Decide duplicates over all shards' records, in shard order; writes and returns PREFIX.plan.json."""
     config = options.filters.near_dedup
     deduplicator = Deduplicator(config)
+    sign_files = [Path(f"{shard_prefix(prefix, index, count)}.sign.npz") for index in range(count)]
+    missing = [index for index, path in enumerate(sign_files) if not path.is_file()]
+    if missing:
+        raise BadInputError(f"plan needs every shard's {prefix}-I-of-N.sign.npz; shards {missing[:10]} have none: "
+                            f"run `sign` for them first (all {count} shards must finish signing)")
     shards = []
     for index in range(count):
-        with np.load(f"{shard_prefix(prefix, index, count)}.sign.npz", allow_pickle=True) as records:
+        with np.load(sign_files[index], allow_pickle=True) as records:
             decisions = []
             for origin, key, values, signed in zip(records["origins"], records["keys"], records["signatures"],
                                                    records["has_signature"]):
@@ -97,6 +103,9 @@ def plan(prefix: Path, count: int, options) -> Path:
                                               values if signed else None, str(origin))
                 decisions.append((str(origin), *(decision or ("", ""))))
             shards.append(decisions)
+    if not any(shards):
+        raise BadInputError(f"no documents in any of the {count} shards of {[str(p) for p in options.inputs]}; "
+                            "check --input (and --mode, --languages, --exclude)")
     path = Path(f"{prefix}.plan.json")
     path.write_text(json.dumps({"num_shards": count, "shards": shards}) + "\n")
     return path
@@ -104,10 +113,11 @@ def plan(prefix: Path, count: int, options) -> Path:
 
 def merge(prefix: Path, count: int) -> None:
     """PREFIX.bin/.idx holding every shard's documents in shard order."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, _IndexReader
 
-    first = IndexedDataset(str(shard_prefix(prefix, 0, count)))
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=first.index.dtype)
+    # The first shard's index, not its IndexedDataset: megatron cannot memory-map an empty shard's .bin.
+    first = _IndexReader(f"{shard_prefix(prefix, 0, count)}.idx", multimodal=False)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=first.dtype)
     for index in range(count):
         builder.add_index(str(shard_prefix(prefix, index, count)))
     builder.finalize(f"{prefix}.idx")
@@ -123,6 +133,16 @@ def _shard_index(value: Optional[int]) -> int:
 
 
 def main(argv=None) -> int:
+    try:
+        return _run(argv)
+    except BadInputError as error:  # as data/prepare.py reports it: one line, nothing published
+        if "--debug" in (sys.argv[1:] if argv is None else argv) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(argv) -> int:
     from dataclasses import replace
 
     from data.pipeline import prepare
@@ -156,7 +176,12 @@ def main(argv=None) -> int:
         for suffix in (".bin", ".idx", ".report.json"):  # the sign pass's documents are written again by `write`
             Path(f"{signing}{suffix}").unlink(missing_ok=True)
         return 0
-    decisions = json.loads(Path(f"{prefix}.plan.json").read_text())["shards"][index]
+    plan_path = Path(f"{prefix}.plan.json")
+    planned = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+    if planned.get("num_shards") != count:
+        raise BadInputError(f"{plan_path} is missing or was planned for {planned.get('num_shards')} shards, not "
+                            f"{count}: run `plan --num-shards {count}` after every shard's `sign`")
+    decisions = planned["shards"][index]
     report = prepare(replace(options, output_prefix=shard_prefix(prefix, index, count), shard=(index, count),
                              deduplicator=PlannedDeduplicator(decisions)))
     print(report.summary(), file=sys.stderr)

@@ -21,7 +21,7 @@ import yaml
 from data.config import DataConfig, DataSource
 from data.datasets import DataValidationError, blend_sources, build_pretrain_datasets
 from data.pipeline import PrepareOptions, prepare, read_back
-from data.shards import main as shards_main, shard_prefix
+from data.shards import main as shards_main, merge, shard_prefix
 from data.tokenizer import VOCAB_SIZE, load_tokenizer
 from deploy import k8s
 from deploy.data_job import DataJobOptions, build_jobs, job_errors, render_all
@@ -203,3 +203,35 @@ def test_indexed_jobs_structure_schema_and_cli(tmp_path, capsys):
         "\n" not in err, err
     assert main(["--num-shards", "8", "--parallelism", "9", "--image", "i", "--pvc", "c", *flags]) == 1
     assert "--parallelism must be in [1, --num-shards 8]" in capsys.readouterr().err
+
+
+def test_a_shard_without_documents_is_empty_and_missing_steps_are_one_error_line(tmp_path, capsys):
+    """Three shards over two files: one shard holds nothing (as one of N shards of a small corpus, or of one whose
+    shard is all duplicates of others) and writes an empty .bin/.idx that training leaves out of the blend."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ("bisect.py", "colorsys.py"):
+        shutil.copy(STDLIB / name, root / name)
+    prefix = tmp_path / "out" / "code"
+    flags = ["--num-shards", "3", "--input", str(root), "--output-prefix", str(prefix), "--no-progress"]
+    assert shards_main(["plan", *flags]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: plan needs every shard's {prefix}-I-of-N.sign.npz; shards [0, 1, 2] have none: run `sign` for "
+        "them first (all 3 shards must finish signing)"]
+    assert shards_main(["write", *flags, "--shard-index", "0"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {prefix}.plan.json is missing")
+    for step in ("sign", "plan", "write"):
+        for index in ([None] if step == "plan" else range(3)):
+            assert shards_main([step, *flags, *([] if index is None else ["--shard-index", str(index)])]) == 0
+    counts = [json.loads(Path(f"{shard_prefix(prefix, i, 3)}.report.json").read_text())["documents"] for i in range(3)]
+    assert sorted(counts) == [0, 1, 1], counts
+    prepare(PrepareOptions(inputs=[root], output_prefix=tmp_path / "single", progress=False))
+    shards = [shard_prefix(prefix, i, 3) for i in range(3)]
+    one_machine = read_back(tmp_path / "single")
+    sharded = documents([shard for shard, count in zip(shards, counts) if count])  # megatron maps no empty .bin
+    assert len(sharded) == len(one_machine) == 2 and all(np.array_equal(a, b) for a, b in zip(sharded, one_machine))
+    merge(prefix, 3)
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"single{suffix}").read_bytes()
+    blend, _ = blend_sources(DataConfig(sources=[DataSource("code", f"{prefix}-*")]), VOCAB_SIZE, "qwen2.5")
+    assert [s.prefix for s in blend.sources] == [str(shards[i]) for i in range(3) if counts[i]]
