@@ -20,10 +20,11 @@ Shard I is a contiguous share of the input order, split by input bytes (data.sou
    .report.json. Contamination and the other filters are per-document decisions on the same data on every
    node, so they are global already.
 The shards' documents in index order are then the one-machine run's, token for token (tests/
-test_data_cleaning.py); training reads the shards as sources, or `merge` concatenates them with megatron's
-IndexedDatasetBuilder.add_index. Cost: every shard is read, filtered and tokenized twice (sign and write), about
-twice the CPU of a one-machine run, spread over N nodes; plan holds 1 KiB per document in memory (1 GB per
-million documents) and runs LSH at ~5 s per GB of text on one core.
+test_data_cleaning.py); training reads them all as one source (prefix PREFIX-*, data.datasets.blend_sources),
+or `merge` concatenates them with megatron's IndexedDatasetBuilder.add_index. A shard without documents writes
+an empty .bin/.idx. Cost (bench/shard_cost.py): every shard is read, filtered and tokenized twice (sign and
+write), 1.6x the CPU of a one-machine run, spread over N nodes; plan holds 1 KiB of signature per document in
+memory (1 GB per million documents) and takes ~6 CPU s per GB of text on one core.
 """
 from __future__ import annotations
 

@@ -205,9 +205,10 @@ def test_indexed_jobs_structure_schema_and_cli(tmp_path, capsys):
     assert "--parallelism must be in [1, --num-shards 8]" in capsys.readouterr().err
 
 
-def test_a_shard_without_documents_is_empty_and_missing_steps_are_one_error_line(tmp_path, capsys):
+def test_a_shard_without_documents_is_empty_and_missing_steps_are_one_error_line(tmp_path, capsys, monkeypatch):
     """Three shards over two files: one shard holds nothing (as one of N shards of a small corpus, or of one whose
-    shard is all duplicates of others) and writes an empty .bin/.idx that training leaves out of the blend."""
+    shard is all duplicates of others) and writes an empty .bin/.idx that training leaves out of the blend; each
+    task takes its shard from SLURM_ARRAY_TASK_ID, as in a Slurm job array."""
     root = tmp_path / "src"
     root.mkdir()
     for name in ("bisect.py", "colorsys.py"):
@@ -220,9 +221,12 @@ def test_a_shard_without_documents_is_empty_and_missing_steps_are_one_error_line
         "them first (all 3 shards must finish signing)"]
     assert shards_main(["write", *flags, "--shard-index", "0"]) == 2
     assert capsys.readouterr().err.startswith(f"error: {prefix}.plan.json is missing")
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
     for step in ("sign", "plan", "write"):
         for index in ([None] if step == "plan" else range(3)):
-            assert shards_main([step, *flags, *([] if index is None else ["--shard-index", str(index)])]) == 0
+            if index is not None:  # a Slurm array task's index
+                monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(index))
+            assert shards_main([step, *flags]) == 0
     counts = [json.loads(Path(f"{shard_prefix(prefix, i, 3)}.report.json").read_text())["documents"] for i in range(3)]
     assert sorted(counts) == [0, 1, 1], counts
     prepare(PrepareOptions(inputs=[root], output_prefix=tmp_path / "single", progress=False))
@@ -235,3 +239,11 @@ def test_a_shard_without_documents_is_empty_and_missing_steps_are_one_error_line
         assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"single{suffix}").read_bytes()
     blend, _ = blend_sources(DataConfig(sources=[DataSource("code", f"{prefix}-*")]), VOCAB_SIZE, "qwen2.5")
     assert [s.prefix for s in blend.sources] == [str(shards[i]) for i in range(3) if counts[i]]
+
+
+def test_shard_cost_bench_runs_and_checks_the_shards(tmp_path, capsys):
+    from bench.shard_cost import main as shard_cost
+
+    costs = shard_cost(["--input", str(STDLIB / "json"), "--work-dir", str(tmp_path)])  # raises if shards differ
+    assert set(costs) == {"single", "sign", "plan", "write"} and all(value > 0 for value in costs.values())
+    assert "identical to one prepare, token for token" in capsys.readouterr().out

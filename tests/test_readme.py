@@ -32,7 +32,10 @@ EXCLUDED = {
                                                                             "trains stage=dpo on 2 CPU ranks",
     "docker build": "no Docker engine on these machines; tests/test_container.py lints the Dockerfile and "
                     "resolves its install step on Python 3.12",
-    "kubectl": "needs a Kubernetes cluster; tests/test_k8s_pod.py runs the generated pods' command",
+    "kubectl": "needs a Kubernetes cluster; tests/test_k8s_pod.py runs the generated pods' command, "
+               "tests/test_data_shards.py the data Jobs' commands",
+    "sbatch": "needs a Slurm cluster; tests/test_data_shards.py runs the same data.shards steps with the shard "
+              "index from the environment",
     "python bench/gpu_acceptance.py  ": "GPU only (exits 3 without one)",
     "torchrun --nproc_per_node=2 launch/evaluate.py --checkpoint runs/tiny-file": "needs the first-run command's "
                                                                                   "trained run (~5 min of training)",
