@@ -106,11 +106,14 @@ def summarize_source(name: str, prefix: str, split: str, vocab_size: int, tokeni
 
 
 def source_prefixes(source: DataSource) -> List[str]:
-    """The .bin/.idx prefixes a source names: its prefix; for a directory, every PREFIX.idx directly in it; for a
+    """The .bin/.idx prefixes a source names: its prefix when PREFIX.idx exists (PREFIX may also be a directory:
+    megatron caches its indices in PREFIX/cache/); else for a directory, every PREFIX.idx directly in it; for a
     glob (`*`, `?`, `[`), every PREFIX whose PREFIX.idx it matches. Sorted, which is shard order for the
     PREFIX-00003-of-00008 names data.shards writes."""
     prefix = source.prefix
-    if prefix and Path(prefix).is_dir():
+    if not prefix or Path(f"{prefix}.idx").is_file():
+        return [prefix]
+    if Path(prefix).is_dir():
         pattern = str(Path(prefix) / "*")
     elif any(char in prefix for char in "*?["):
         pattern = prefix
