@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -378,6 +379,20 @@ def schema_errors(manifest: dict, schema: dict, strict: bool = True) -> list[str
     validator = Draft4Validator(_closed(schema) if strict else schema)
     return [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
             for e in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+def publish(text: str, errors: Sequence[str], output: Optional[Path], what: str, summary: str) -> int:
+    """A command line's ending: one error listing `errors` (exit status 1), or the manifest written to `output`
+    with a one-line summary on stderr, or to stdout (0)."""
+    if errors:
+        print(f"error: {what} would be rejected:\n  " + "\n  ".join(errors), file=sys.stderr)
+        return 1
+    if output:
+        Path(output).write_text(text)
+        print(f"wrote {output} ({summary})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def render(manifest: dict) -> str:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from deploy import data_job
-from deploy.k8s import ManifestError
+from deploy.k8s import ManifestError, publish
 
 
 def parse(argv):
@@ -52,16 +52,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     errors = [error for job in jobs for error in data_job.job_errors(job)]
-    if errors:
-        print("error: the Jobs would be rejected:\n  " + "\n  ".join(errors), file=sys.stderr)
-        return 1
-    text = data_job.render_all(jobs)
-    if args.output:
-        args.output.write_text(text)
-        print(f"wrote {args.output} ({', '.join(job['metadata']['name'] for job in jobs)})", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return publish(data_job.render_all(jobs), errors, args.output, "the Jobs",
+                   ", ".join(job["metadata"]["name"] for job in jobs))
 
 
 if __name__ == "__main__":

@@ -76,17 +76,8 @@ def main(argv=None) -> int:
         errors += k8s.schema_errors(manifest, k8s.load_crd_schema(args.crd))
     else:
         print("note: checked the webhook rules only (pass --crd FILE to validate the CRD schema too)", file=sys.stderr)
-    if errors:
-        print("error: the manifest would be rejected:\n  " + "\n  ".join(errors), file=sys.stderr)
-        return 1
-    text = k8s.render(manifest)
-    if args.output:
-        args.output.write_text(text)
-        print(f"wrote {args.output} ({manifest['metadata']['name']}: {k8s.manifest_world_size(manifest)} ranks)",
-              file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return k8s.publish(k8s.render(manifest), errors, args.output, "the manifest",
+                       f"{manifest['metadata']['name']}: {k8s.manifest_world_size(manifest)} ranks")
 
 
 if __name__ == "__main__":
