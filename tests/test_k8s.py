@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from deploy import k8s
+from recipes.schema import STAGES
 from recipes.validate import RecipeError
 from recipes.world import recipe_world_size
 
 CRD = Path(__file__).resolve().parents[2] / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
 SIZES = ("0.5b", "1.5b", "3b", "7b", "14b", "32b")
-STAGES = ("file", "repo", "sft", "dpo")
 OPTS = k8s.JobOptions(image="registry.example/qwen-coder:test", pvc="qwen-runs")
 
 
