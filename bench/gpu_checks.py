@@ -119,7 +119,7 @@ def check_settings() -> dict:
     from model.config import grad_accumulation_fusion_available, transformer_config
     from model.shapes import get_shape
     from train.megatron_args import transformer_runtime_kwargs
-    from train.trainer import forward_step
+    from train.objectives.lm import forward_step
 
     _world()
     shape = get_shape("tiny", vocab_size=256)

@@ -255,7 +255,7 @@ def make_sample(conversations: Sequence[Tuple[np.ndarray, np.ndarray]], seq_leng
     """GPTDataset-shaped item from conversations of <= seq_length + 1 ids together, padded with `pad`.
 
     packed: position ids restart at 0 where each conversation (and the padding) begins; they are what
-    train.trainer.pack_micro_batch reads the boundaries from. Otherwise 0..seq_length-1 (one conversation).
+    train.objectives.lm.pack_micro_batch reads the boundaries from. Otherwise 0..seq_length-1 (one conversation).
     """
     lengths = [len(ids) for ids, _ in conversations]
     if sum(lengths) > seq_length + 1 or (len(lengths) > 1 and not packed):

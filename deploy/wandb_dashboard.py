@@ -1,8 +1,9 @@
 """The W&B workspace a user watches, as code: one table of sections and panels over the keys the run writes.
 
 Keys come from train.metrics (loss, lr, grad_norm, tokens_per_s, tflops_per_gpu, mfu, step_time_s, memory_gib,
-val_loss and val_loss/<source> for each data source; DPO's rewards in training and validation, val_ prefixed) and
-evaluation.run_log (eval/<task>/<metric>), all logged at the optimizer step. Runs are grouped as train.metrics
+val_loss and val_loss/<source> for each data source; each stage's own metrics in training and validation, val_
+prefixed, with the panels its StageSpec lists: recipes.stages) and evaluation.run_log (eval/<task>/<metric>),
+all logged at the optimizer step. Runs are grouped as train.metrics
 groups them: by recipe and stage (W&B "Group", e.g. 7b-repo), each run named after its job (run.name;
 launch/k8s.py sets it to the PyTorchJob's name), so the runs of one recipe's restarts and variants sit together.
 Per-source validation losses and evaluation scores are matched by regular expression: the sources and tasks
@@ -16,6 +17,8 @@ from typing import NamedTuple, Optional, Sequence
 
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
+
+from recipes.stages import STAGE_SPECS
 
 
 class Panel(NamedTuple):
@@ -40,12 +43,9 @@ SECTIONS = {
     ),
     "Memory": (Panel("peak memory per rank (GiB)", ["memory_gib"]),),
     "Evaluation": (Panel("evaluation scores", regex=r"^eval/.*"),),
-    "Preference (DPO)": (  # train.dpo.METRICS, logged beside the loss by stage=dpo runs
-        Panel("DPO rewards", ["rewards_chosen", "rewards_rejected", "reward_margin"]),
-        Panel("DPO validation rewards", ["val_rewards_chosen", "val_rewards_rejected", "val_reward_margin"]),
-        Panel("DPO reward accuracy", ["reward_accuracy", "val_reward_accuracy"]),
-    ),
 }
+SECTIONS.update({section: tuple(Panel(title, keys) for title, keys in panels)  # each stage's metrics
+                 for section, panels in filter(None, (spec.panels() for spec in STAGE_SPECS.values()))})
 GROUP_BY = "Group"  # the W&B run group: <size>-<stage>
 
 

@@ -72,7 +72,8 @@ from hf_interop.sidecar import CONVERT_INFO, GENERATION_CONFIG, SIDECAR_DIR, TOK
 from model.build import build_gpt_model
 from model.config import transformer_config
 from model.shapes import ModelShape, YarnScaling
-from recipes.schema import ModelConfig, Recipe
+from recipes.schema import ModelConfig, Recipe, StageConfig
+from recipes.stages import stage_spec
 from train.checkpoint import load_weights, resolve_checkpoint, save_weights
 from train.distributed import init_model_parallel, init_process_group
 
@@ -248,14 +249,9 @@ class CheckpointSource:
     shape: ModelShape
     yarn: Optional[YarnScaling]
     origin: str
-    stage: str = "file"
+    chat: bool = False  # trained on ChatML turns (StageSpec.chat): the released Instruct models stop on <|im_end|>
     sidecar: Optional[Path] = None  # MCORE_DIR/hf of the import, when it holds this model's tensors
     reuse_config: bool = False  # ... and its config.json describes this model (same YaRN too)
-
-    @property
-    def chat(self) -> bool:
-        """SFT and DPO train ChatML turns, which end with <|im_end|>: the released Instruct models stop on it."""
-        return self.stage in ("sft", "dpo")
 
 
 def _same_tensors(a: ModelShape, b: ModelShape) -> bool:
@@ -276,7 +272,8 @@ def _export_source(directory: Path, recipe: Optional[Recipe]) -> CheckpointSourc
                      start, SIDECAR_DIR, CONVERT_INFO)
     if recipe is None and stored:
         recipe = Recipe(model=ModelConfig(**stored["model"]))
-        recipe.stage.name = stored.get("stage", {}).get("name", "file")
+        stage = stored.get("stage", {})
+        recipe.stage = StageConfig(name=stage.get("name", "file"), plugin=stage.get("plugin"))
         origin = f"the recipe stored in {directory}"
     elif recipe is not None:
         origin = "the recipe on the command line"
@@ -288,7 +285,7 @@ def _export_source(directory: Path, recipe: Optional[Recipe]) -> CheckpointSourc
             f"{directory} does not record its model (no training recipe, no {SIDECAR_DIR}/{CONVERT_INFO}): pass the "
             "recipe it was trained with, e.g. `convert.py export --mcore DIR --out OUT +recipe=7b`")
     shape, yarn = recipe.model_shape(), recipe.yarn_scaling()
-    source = CheckpointSource(shape, yarn, origin, stage=recipe.stage.name)
+    source = CheckpointSource(shape, yarn, origin, chat=stage_spec(recipe.stage).chat)
     if sidecar is not None and _same_tensors(sidecar.shape, shape):
         source.shape = dataclasses.replace(shape, rms_norm_eps=sidecar.shape.rms_norm_eps)  # instruct eps
         source.sidecar, source.reuse_config = sidecar.directory, sidecar.yarn == yarn

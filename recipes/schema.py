@@ -18,9 +18,7 @@ from omegaconf import MISSING
 
 from data.config import DataConfig
 from model.shapes import ModelShape, YarnScaling, get_shape
-
-STAGES = ("file", "repo", "sft", "dpo")
-"""Training stages, in order; recipes/stage/NAME.yaml and recipes/layout/SIZE/NAME.yaml exist for each."""
+from recipes.stages import BUILTIN_STAGES as STAGES  # the stage registry (recipes.stages) owns the list
 _SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                "head_dim", "vocab_size", "tied_embeddings")
 
@@ -116,9 +114,12 @@ class OptimizerConfig:
 @dataclass
 class StageConfig:
     name: str = "file"
-    """One of STAGES: file (8K next-token + FIM), repo (32K repo-level, YaRN, FP8), sft or dpo."""
+    """A registered stage (recipes.stages): file (8K next-token + FIM), repo (32K repo-level), sft or dpo."""
+    plugin: Optional[str] = None
+    """Module that registers a stage from outside this repository (recipes.stages.register_stage), imported before
+    the stage registry is asked; None for the stages built in."""
     dpo_beta: float = 0.1
-    """stage=dpo: beta, the strength of the KL tie to the reference (train.dpo); > 0."""
+    """stage=dpo: beta, the strength of the KL tie to the reference (train.objectives.dpo); > 0."""
     dpo_label_smoothing: float = 0.0
     """stage=dpo: conservative DPO's probability that a pair's label is flipped, in [0, 0.5); 0 = plain DPO."""
     dpo_nll_weight: float = 0.0

@@ -51,7 +51,7 @@ def tiny_model(gloo):
 
 def test_forward_step_hands_the_batch_to_the_models_device(tiny_model):
     """A model on another device (meta here; cuda on a GPU node) receives the loader's CPU batch there."""
-    from train.trainer import forward_step
+    from train.objectives.lm import forward_step
 
     shape, model = tiny_model
     seen = {}

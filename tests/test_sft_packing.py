@@ -1,7 +1,7 @@
 """Packed SFT rows (data.packing): every conversation's per-token loss is the same packed as alone, through the model.
 
 Rows are built by data.sft.make_sample from real ChatML conversations (Qwen's default system turn, answers of
-different lengths) and run through train.trainer.forward_step with packed=True, i.e. pack_micro_batch's thd
+different lengths) and run through train.objectives.lm.forward_step with packed=True, i.e. pack_micro_batch's thd
 boundaries, megatron's per-document RoPE and model.layers.SDPACoreAttention's per-document attention. The
 reference is each conversation run alone (tokens ids[:-1], positions 0..n-2) through the same model. Every token
 is compared, learnt or not (fp32, <= 1e-6 absolute on losses of ~12).
@@ -54,7 +54,7 @@ def packed_batch():
 
 def compare(model, pad_to: int = 1) -> dict:
     """Max |packed - alone| per-token loss over every conversation, and the same for the unpacked control."""
-    from train.trainer import forward_step
+    from train.objectives.lm import forward_step
 
     batch, where = packed_batch()
     device = next(model.parameters()).device

@@ -38,7 +38,7 @@ def test_print_builds_the_spec_without_network():
 def test_panels_cover_what_the_run_writes(tmp_path, gloo):
     from evaluation.run_log import RUN_METRICS
     from recipes.compose import compose_config, to_recipe
-    from train.dpo import METRICS as DPO_METRICS
+    from recipes.stages import DPO_METRICS
     from train.metrics import MetricsLogger
 
     recipe = to_recipe(compose_config(["+recipe=tiny", "logging.wandb=false", "logging.progress_bar=false"]))
