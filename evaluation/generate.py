@@ -8,11 +8,11 @@ StaticInferenceContext (allocated per prompt for 2 x prompt + 256 positions, re-
 outgrows it). Without it each new token re-runs the whole sequence: O(n^2) in the generated length. The cached
 logits equal the full forward's to fp32 rounding (tests/test_eval_models.py).
 
-Megatron: the model is built by train.trainer.Trainer (the training run's own recipe -> megatron path) from
-the recipe the checkpoint stores, at TP x PP = the world size (one process: TP1/PP1; torch_dist reshards on
-load), with DP/CP 1 and sequence parallelism off (prompts have arbitrary lengths). Every rank feeds the same
-tokens. At PP1 (with any TP) the model gathers the vocabulary-parallel logits itself and every rank takes the same
-argmax. Under PP the KV cache is not used: the pipeline schedule runs a full forward per token, the last stage
+Megatron: the model is built by train.trainer.build_inference_model (the training run's recipe -> megatron path,
+no DDP buffers, no optimizer) from the recipe the checkpoint stores, at TP x PP = the world size (one process:
+TP1/PP1; torch_dist reshards on load), with DP/CP 1 and sequence parallelism off (prompts have arbitrary
+lengths). Every rank feeds the same tokens. At PP1 (with any TP) the model gathers the vocabulary-parallel logits
+itself and every rank takes the same argmax. Under PP the KV cache is not used: the pipeline schedule runs a full forward per token, the last stage
 all-gathers the logits over TP, takes the argmax and broadcasts the token to every rank.
 """
 from __future__ import annotations
@@ -151,17 +151,18 @@ def megatron_next_token(checkpoint: Path, pipeline: Optional[int] = None) -> tup
 
     from train.checkpoint import load_weights, resolve_checkpoint
     from train.distributed import rank_device
-    from train.trainer import Trainer
+    from train.trainer import build_inference_model
 
     directory = resolve_checkpoint(checkpoint)
-    trainer = Trainer(megatron_recipe(directory, torch.distributed.get_world_size(), pipeline), train_iters=1)
-    load_weights(trainer.model, directory)
-    for chunk in trainer.model:
+    recipe = megatron_recipe(directory, torch.distributed.get_world_size(), pipeline)
+    chunks = build_inference_model(recipe)
+    load_weights(chunks, directory)
+    for chunk in chunks:
         chunk.eval()
     device = rank_device()
-    max_length = trainer.recipe.model_shape().max_position_embeddings
+    max_length = recipe.model_shape().max_position_embeddings
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
-        return _megatron_kv_cache(trainer.model[0], device, max_length), max_length
+        return _megatron_kv_cache(chunks[0], device, max_length), max_length
     last_stage = parallel_state.get_pipeline_model_parallel_last_rank()
 
     def forward_step(data_iterator, model):
@@ -173,7 +174,7 @@ def megatron_next_token(checkpoint: Path, pipeline: Optional[int] = None) -> tup
     def next_token(ids: List[int]) -> int:
         tokens = torch.tensor([ids], device=device)
         collected = get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter([tokens]), model=trainer.model,
+            forward_step_func=forward_step, data_iterator=iter([tokens]), model=chunks,
             num_microbatches=1, seq_length=len(ids), micro_batch_size=1, forward_only=True,
             collect_non_loss_data=True)
         token = torch.zeros(1, dtype=torch.long, device=device)

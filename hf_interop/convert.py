@@ -50,7 +50,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Collection, Mapping, Optional
 
 import torch
@@ -76,10 +75,10 @@ from recipes.schema import ModelConfig, Recipe, StageConfig
 from recipes.stages import stage_spec
 from train.checkpoint import load_weights, resolve_checkpoint, save_weights
 from train.distributed import init_model_parallel, init_process_group
+from train.megatron_args import DTYPES
 
 log = logging.getLogger("convert")
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
 # Fields that change the tensors or the network; rms_norm_eps and the context length are variants (hf_map).
 ARCHITECTURE_FIELDS = tuple(f for f in SHAPE_FIELD_TO_HF_KEY if f not in VARIANT_FIELDS)
@@ -142,16 +141,13 @@ def _single_process_world() -> None:
 
 
 def build_model(shape: ModelShape, yarn: Optional[YarnScaling], dtype: torch.dtype):
-    """GPTModel for `shape` at TP1/PP1 on the CPU, uninitialised (everything is loaded), as one model chunk.
-
-    save_weights/load_weights take megatron DDP chunks and use only `.module`, so a namespace stands in.
-    """
+    """GPTModel for `shape` at TP1/PP1 on the CPU, uninitialised (everything is loaded), as one model chunk."""
     _single_process_world()
     config = transformer_config(shape, use_te=False, yarn=yarn, params_dtype=dtype,
                                 perform_initialization=False, use_cpu_initialization=True)
     module = build_gpt_model(shape, config, transformer_impl="local", yarn=yarn,
                              max_sequence_length=shape.max_position_embeddings)
-    return [SimpleNamespace(module=module)]
+    return [module]
 
 
 def hf_state_dict(state: Mapping[str, torch.Tensor], shape: ModelShape) -> dict[str, torch.Tensor]:
@@ -220,7 +216,7 @@ def import_hf(hf_dir, out_dir, recipe: Optional[Recipe] = None, allow_differing:
     mcore_state = hf_to_megatron(weights, shape)  # names and shapes checked here, errors name the tensors
     staging = _fresh_output(out_dir)
     chunks = build_model(shape, yarn, target)
-    load_into_megatron(chunks[0].module, mcore_state)
+    load_into_megatron(chunks[0], mcore_state)
     del mcore_state, weights
     save_weights(chunks, staging)
     Sidecar(staging / SIDECAR_DIR, shape, yarn, DTYPE_NAMES[target], DTYPE_NAMES.get(source_dtype, str(source_dtype)),
@@ -325,9 +321,9 @@ def load_model(mcore_dir, recipe: Optional[Recipe] = None, dtype=None):
         raise CheckpointMismatchError(f"{directory} has no embedding.word_embeddings.weight: not a GPT model "
                                       "checkpoint (an optimizer-only or foreign checkpoint?)")
     chunks = build_model(source.shape, source.yarn, _dtype(dtype) or embedding.dtype)
-    _check_checkpoint_tensors(chunks[0].module, metadata, directory, source)
+    _check_checkpoint_tensors(chunks[0], metadata, directory, source)
     load_weights(chunks, directory)
-    return chunks[0].module.eval(), source
+    return chunks[0].eval(), source
 
 
 def hf_config_dict(shape: ModelShape, yarn: Optional[YarnScaling], dtype: torch.dtype,

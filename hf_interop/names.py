@@ -135,10 +135,8 @@ def unpack_qkv(qkv: torch.Tensor, shape: ModelShape) -> tuple[torch.Tensor, torc
     """Inverse of pack_qkv: megatron linear_qkv -> contiguous HF (q, k, v)."""
     groups, head_dim = shape.num_query_groups, shape.head_dim
     q_rows = shape.num_attention_heads // groups * head_dim
-    if qkv.shape[0] != groups * (q_rows + 2 * head_dim):
-        raise CheckpointMismatchError(
-            f"linear_qkv has {qkv.shape[0]} rows; shape {shape.name} needs {groups * (q_rows + 2 * head_dim)}"
-        )
+    if qkv.shape[0] != shape.qkv_rows:
+        raise CheckpointMismatchError(f"linear_qkv has {qkv.shape[0]} rows; shape {shape.name} needs {shape.qkv_rows}")
     rest = qkv.shape[1:]
     grouped = qkv.reshape(groups, q_rows + 2 * head_dim, *rest)
     q, k, v = grouped.split([q_rows, head_dim, head_dim], dim=1)

@@ -32,8 +32,7 @@ from model.shapes import ModelShape
 def parameter_breakdown(shape: ModelShape) -> dict[str, int]:
     """Parameters by part; 'output_layer' is 0 for tied shapes (the embedding is counted once)."""
     h, d = shape.hidden_size, shape.head_dim
-    qkv_rows = (shape.num_attention_heads + 2 * shape.num_query_groups) * d
-    per_layer_attention = h * qkv_rows + qkv_rows + shape.num_attention_heads * d * h
+    per_layer_attention = h * shape.qkv_rows + shape.qkv_rows + shape.num_attention_heads * d * h
     per_layer_mlp = 3 * h * shape.ffn_hidden_size
     return {
         "embedding": shape.vocab_size * h,
@@ -52,7 +51,7 @@ def parameter_count(shape: ModelShape) -> int:
 def matmul_parameter_count(shape: ModelShape) -> int:
     """Weights multiplied for every token: the linear layers plus the (possibly tied) output layer."""
     h, d, n = shape.hidden_size, shape.head_dim, shape.num_attention_heads
-    per_layer = h * (n + 2 * shape.num_query_groups) * d + n * d * h + 3 * h * shape.ffn_hidden_size
+    per_layer = h * shape.qkv_rows + n * d * h + 3 * h * shape.ffn_hidden_size
     return shape.num_layers * per_layer + shape.vocab_size * h
 
 

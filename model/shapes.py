@@ -39,6 +39,12 @@ class ModelShape:
                 f"num_query_groups={self.num_query_groups}; GQA needs whole query groups"
             )
 
+    @property
+    def qkv_rows(self) -> int:
+        """Output rows of the fused QKV projection (and its bias): (heads + 2 x KV groups) x head_dim; what
+        tensor parallelism splits, what the QKV weight and bias count."""
+        return (self.num_attention_heads + 2 * self.num_query_groups) * self.head_dim
+
     def shrink(self, **overrides) -> "ModelShape":
         """A copy with some fields replaced (tests shrink depth/vocab and keep the widths)."""
         return dataclasses.replace(self, **overrides)

@@ -1,4 +1,6 @@
-"""Compose a recipe outside @hydra.main (tests, the planner, tools) exactly as the entry points do."""
+"""Compose a recipe with Hydra's Compose API from command-line style overrides: launch/pretrain.py, launch/convert.py,
+deploy/k8s.py, the tests and bench do; launch/plan.py composes the same tree (recipes/config.yaml) through
+@hydra.main. Either way the typed Recipe comes from build_recipe / to_recipe here."""
 from __future__ import annotations
 
 from pathlib import Path

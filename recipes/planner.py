@@ -30,8 +30,7 @@ def _layer_parameters(shape: ModelShape, tp: int) -> tuple[int, int]:
     """(parameters of one layer on one TP rank, of which linear weights) from model.accounting's breakdown."""
     parts = parameter_breakdown(shape)
     sharded = (parts["attention"] + parts["mlp"]) // shape.num_layers  # QKV (+bias), proj, fc1, fc2
-    qkv_bias = (shape.num_attention_heads + 2 * shape.num_query_groups) * shape.head_dim
-    return sharded // tp + 2 * shape.hidden_size, (sharded - qkv_bias) // tp
+    return sharded // tp + 2 * shape.hidden_size, (sharded - shape.qkv_rows) // tp  # less the QKV bias
 
 
 def stage_parameters(shape: ModelShape, layout: Layout) -> list[int]:

@@ -132,7 +132,7 @@ def tp_width_problems(shape: ModelShape, tp: int) -> list[tuple[str, str]]:
         problems.append(("tp-heads", f"does not divide num_attention_heads={heads}"))
     if groups % tp and tp % groups:
         problems.append(("tp-kv-groups", f"neither divides nor is a multiple of num_query_groups={groups}"))
-    qkv_rows = (heads + 2 * groups) * d
+    qkv_rows = shape.qkv_rows
     if qkv_rows % tp:
         problems.append(("tp-qkv-rows", f"does not divide the fused QKV rows (heads + 2 x groups) x head_dim = "
                                         f"({heads} + 2 x {groups}) x {d} = {qkv_rows}"))
