@@ -28,7 +28,7 @@ class Panel(NamedTuple):
     log_y: bool = False
 
 
-SECTIONS = {
+RUN_SECTIONS = {  # what every run logs
     "Training": (
         Panel("loss", ["loss", "val_loss"]),
         Panel("validation loss per source", regex=r"^val_loss/.*"),
@@ -44,8 +44,14 @@ SECTIONS = {
     "Memory": (Panel("peak memory per rank (GiB)", ["memory_gib"]),),
     "Evaluation": (Panel("evaluation scores", regex=r"^eval/.*"),),
 }
-SECTIONS.update({section: tuple(Panel(title, keys) for title, keys in panels)  # each stage's metrics
-                 for section, panels in filter(None, (spec.panels() for spec in STAGE_SPECS.values()))})
+
+
+def sections() -> dict[str, tuple[Panel, ...]]:
+    """RUN_SECTIONS, then a section per registered stage with metrics (its StageSpec's panels; a plugin's stage
+    too once its module is imported)."""
+    stages = filter(None, (spec.panels() for spec in STAGE_SPECS.values()))
+    return {**RUN_SECTIONS, **{section: tuple(Panel(title, keys) for title, keys in panels)
+                               for section, panels in stages}}
 GROUP_BY = "Group"  # the W&B run group: <size>-<stage>
 
 
@@ -56,16 +62,16 @@ def _line_plot(panel: Panel) -> wr.LinePlot:
 
 
 def build_workspace(entity: str, project: str, name: str = "Qwen2.5-Coder training") -> ws.Workspace:
-    """The workspace (not saved): sections open in SECTIONS' order, runs grouped by recipe and stage."""
-    sections = [ws.Section(name=section, panels=[_line_plot(p) for p in panels], is_open=True)
-                for section, panels in SECTIONS.items()]
-    return ws.Workspace(entity=entity, project=project, name=name, sections=sections,
+    """The workspace (not saved): sections open in sections()' order, runs grouped by recipe and stage."""
+    built = [ws.Section(name=section, panels=[_line_plot(p) for p in panels], is_open=True)
+             for section, panels in sections().items()]
+    return ws.Workspace(entity=entity, project=project, name=name, sections=built,
                         runset_settings=ws.RunsetSettings(groupby=[ws.Metric(GROUP_BY)]))
 
 
 def shown(key: str) -> bool:
     """Whether some panel plots metric `key`."""
-    return any(key in p.keys or (p.regex and re.match(p.regex, key)) for ps in SECTIONS.values() for p in ps)
+    return any(key in p.keys or (p.regex and re.match(p.regex, key)) for ps in sections().values() for p in ps)
 
 
 def describe(workspace: ws.Workspace) -> str:
