@@ -12,8 +12,9 @@ Megatron: the model is built by train.trainer.build_inference_model (the trainin
 no DDP buffers, no optimizer) from the recipe the checkpoint stores, at TP x PP = the world size (one process:
 TP1/PP1; torch_dist reshards on load), with DP/CP 1 and sequence parallelism off (prompts have arbitrary
 lengths). Every rank feeds the same tokens. At PP1 (with any TP) the model gathers the vocabulary-parallel logits
-itself and every rank takes the same argmax. Under PP the KV cache is not used: the pipeline schedule runs a full forward per token, the last stage
-all-gathers the logits over TP, takes the argmax and broadcasts the token to every rank.
+itself and every rank takes the same argmax. Under PP the KV cache is not used: the pipeline schedule runs a
+full forward per token, the last stage all-gathers the logits over TP, takes the argmax and broadcasts the token
+to every rank.
 """
 from __future__ import annotations
 

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
-
-if TYPE_CHECKING:
-    from recipes.schema import Recipe, StageConfig
+from typing import Any, Callable, Optional
 
 Rule = tuple[str, str]  # (rule name, message naming the values and the fix), as recipes.validate reports them
 Panel = tuple[str, tuple[str, ...]]  # (W&B panel title, metric keys)
@@ -43,8 +40,8 @@ class StageSpec:
     after the stage."""
     plan_note: str = ""
     """A line launch/plan.py prints for this stage."""
-    rules: Optional[Callable[["Recipe"], list[Rule]]] = None
-    """The stage's own recipe rules, run by recipes.validate with every other rule."""
+    rules: Optional[Callable[[Any], list[Rule]]] = None
+    """The stage's own rules on a recipes.schema.Recipe, run by recipes.validate with every other rule."""
 
     def panels(self) -> Optional[tuple[str, tuple[Panel, ...]]]:
         if self.dashboard is not None or not self.metrics:
@@ -69,8 +66,9 @@ class PluginImportError(UnknownStage):
     """stage.plugin does not import."""
 
 
-def stage_spec(stage: "StageConfig") -> StageSpec:
-    """The spec of a recipe's stage, importing `stage.plugin` first when it names one."""
+def stage_spec(stage) -> StageSpec:
+    """The spec of a recipe's stage (recipes.schema.StageConfig), importing `stage.plugin` first when it names one.
+    (recipes.schema imports this module for the stage list, so this one does not import it back.)"""
     if stage.plugin:
         try:
             importlib.import_module(stage.plugin)
@@ -83,7 +81,7 @@ def stage_spec(stage: "StageConfig") -> StageSpec:
     return STAGE_SPECS[stage.name]
 
 
-def _dpo_rules(recipe: "Recipe") -> list[Rule]:
+def _dpo_rules(recipe) -> list[Rule]:
     """stage.dpo_beta > 0; 0 <= label smoothing < 0.5 (at 0.5 both labels weigh the same and nothing is learnt);
     nll weight >= 0."""
     stage, out = recipe.stage, []

@@ -27,8 +27,8 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
   (docs/megatron-quirks.md; grad-norm 1.98 vs 0.417 measured).
 - cp-sequence: seq % (2 x cp) == 0 (load-balanced split into 2 x cp chunks).
 - sp-sequence: with SP the per-CP-rank length seq/cp is split over TP: (seq/cp) % tp == 0.
-- packing-cp: a packing stage (sft) with data.packing needs cp == 1: packed (thd) rows under CP need every conversation
-  split into 2 x cp chunks, which neither this project's local attention nor its batch slicing does.
+- packing-cp: a packing stage (sft) with data.packing needs cp == 1: packed (thd) rows under CP need every
+  conversation split into 2 x cp chunks, which neither this project's local attention nor its batch slicing does.
 - fp8-sequence: FP8 GEMMs need the per-CP-rank token count % 16 (32 for mxfp8), and with SP the per-TP-rank
   count too.
 - fp8-impl / fp8-dtype / fp8-gpu / fp8-param: FP8 runs only in Transformer Engine (named explicitly, so `auto`
@@ -236,8 +236,8 @@ def _check_sequence(recipe: Recipe, shape: ModelShape, spec: Optional[StageSpec]
         out.append(Violation("cp-sequence", f"train.seq_length={seq} is not divisible by 2 x cp = {2 * p.cp} "
                              f"(context parallelism splits it into 2 x cp chunks); use a multiple of {2 * p.cp}"))
     if p.cp > 1 and spec is not None and spec.packs and recipe.data.packing:
-        out.append(Violation("packing-cp", f"stage={recipe.stage.name} packs conversations (data.packing=true), which needs "
-                             f"parallel.cp=1 (got cp={p.cp}); set parallel.cp=1 (SFT rows are short) or "
+        out.append(Violation("packing-cp", f"stage={recipe.stage.name} packs conversations (data.packing=true), "
+                             f"which needs parallel.cp=1 (got cp={p.cp}); set parallel.cp=1 (SFT rows are short) or "
                              "data.packing=false"))
     per_cp = seq // p.cp
     if p.sp and p.tp > 1 and seq % p.cp == 0 and per_cp % p.tp:

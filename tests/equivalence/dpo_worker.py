@@ -7,8 +7,8 @@ Tiny shape with 4 layers, vocab 1024, fp32, untied, built by train.trainer.Train
 label smoothing 0.1, NLL weight 0.2: every term of the loss). A global batch is 8 pairs of 64-token rows whose
 chosen and rejected rows share a prompt of 8..23 tokens and have responses of 8..40 tokens then padding, so
 response masks differ per row and CP ranks hold different numbers of response tokens. The reference's
-log-probs are the 1-rank model's own (Trainer.forward_only with the DPO objective's reference_step) plus N(0, 2^2) noise, so the margins are O(1) and
-not 0. The one-rank run records: reference_pass log-probs, then for 2 Adam steps the loss, the four metrics and
+log-probs are the 1-rank model's own (Trainer.forward_only with the DPO objective's reference_step) plus
+N(0, 2^2) noise, so the margins are O(1) and not 0. The one-rank run records: the reference log-probs, then for 2 Adam steps the loss, the four metrics and
 every gradient. A layout gets the same initial weights through tests/equivalence/worker.py's sharding map.
 `-nocpsum` (negative control) replaces train.objectives.dpo.sequence_logps with one that skips the CP all-reduce.
 """
