@@ -72,7 +72,7 @@ from model.build import build_gpt_model
 from model.config import transformer_config
 from model.shapes import ModelShape, YarnScaling
 from recipes.schema import ModelConfig, Recipe, StageConfig
-from recipes.stages import stage_spec
+from recipes.stages import UnknownStage, stage_spec
 from train.checkpoint import load_weights, resolve_checkpoint, save_weights
 from train.distributed import init_model_parallel, init_process_group
 from train.megatron_args import DTYPES
@@ -281,7 +281,11 @@ def _export_source(directory: Path, recipe: Optional[Recipe]) -> CheckpointSourc
             f"{directory} does not record its model (no training recipe, no {SIDECAR_DIR}/{CONVERT_INFO}): pass the "
             "recipe it was trained with, e.g. `convert.py export --mcore DIR --out OUT +recipe=7b`")
     shape, yarn = recipe.model_shape(), recipe.yarn_scaling()
-    source = CheckpointSource(shape, yarn, origin, chat=stage_spec(recipe.stage).chat)
+    try:
+        chat = stage_spec(recipe.stage).chat
+    except UnknownStage as error:  # a plugin stage whose module is not on PYTHONPATH here
+        raise ConversionError(f"{directory}: its stage cannot be read here: {error}") from None
+    source = CheckpointSource(shape, yarn, origin, chat=chat)
     if sidecar is not None and _same_tensors(sidecar.shape, shape):
         source.shape = dataclasses.replace(shape, rms_norm_eps=sidecar.shape.rms_norm_eps)  # instruct eps
         source.sidecar, source.reuse_config = sidecar.directory, sidecar.yarn == yarn
