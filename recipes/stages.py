@@ -24,6 +24,8 @@ Panel = tuple[str, tuple[str, ...]]  # (W&B panel title, metric keys)
 
 @dataclass(frozen=True)
 class StageSpec:
+    """One stage's torch-free facts (module docstring)."""
+
     name: str
     objective: str
     """"module:Class" of the train-side objective (train.objectives)."""
@@ -44,6 +46,7 @@ class StageSpec:
     """The stage's own rules on a recipes.schema.Recipe, run by recipes.validate with every other rule."""
 
     def panels(self) -> Optional[tuple[str, tuple[Panel, ...]]]:
+        """(W&B section, panels) of the stage's metrics; None for a stage without metrics."""
         if self.dashboard is not None or not self.metrics:
             return self.dashboard
         return self.name, tuple((name, (name, f"val_{name}")) for name in self.metrics)
