@@ -147,6 +147,8 @@ class LoggingConfig:
     wandb: bool = True
     """Log to Weights & Biases from one rank; offline unless WANDB_MODE says otherwise."""
     wandb_project: str = "qwen2.5-coder"
+    wandb_group: Optional[str] = None
+    """W&B group; None groups by SIZE-STAGE. launch/pipeline.py puts all of its stages in one group."""
     progress_bar: bool = True
     plots: bool = True
 

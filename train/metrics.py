@@ -65,7 +65,7 @@ class MetricsLogger:
             self.wandb_run = wandb.init(
                 project=recipe.logging.wandb_project,
                 name=recipe.run.name,
-                group=f"{recipe.model.shape}-{recipe.stage.name}",
+                group=recipe.logging.wandb_group or f"{recipe.model.shape}-{recipe.stage.name}",
                 job_type=recipe.stage.name,
                 dir=str(run_dir),
                 config=config_dict,
