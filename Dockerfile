@@ -13,6 +13,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     OMP_NUM_THREADS=1
 
 WORKDIR /workspace/qwen-coder
+# Compilers and runtimes for evaluating MultiPL-E languages (C++, Java, PHP, TypeScript, C#, Bash, JS, Rust)
+COPY deploy/install_languages.sh deploy/
+RUN bash deploy/install_languages.sh
 COPY requirements-common.txt requirements-gpu.txt ./
 COPY deploy/container_install.sh deploy/
 RUN bash deploy/container_install.sh

@@ -3,8 +3,7 @@
 Keys come from train.metrics (loss, lr, grad_norm, tokens_per_s, tflops_per_gpu, mfu, step_time_s, memory_gib,
 val_loss and val_loss/<source> for each data source; each stage's own metrics in training and validation, val_
 prefixed, with the panels its StageSpec lists: recipes.stages) and evaluation.run_log (eval/<task>/<metric>),
-all logged at the optimizer step. Runs are grouped as train.metrics
-groups them: by recipe and stage (W&B "Group", e.g. 7b-repo), each run named after its job (run.name;
+all logged at the optimizer step. Runs are grouped as train.metrics groups them: by recipe and stage (W&B "Group", e.g. 7b-repo), each run named after its job (run.name;
 launch/k8s.py sets it to the PyTorchJob's name), so the runs of one recipe's restarts and variants sit together.
 Per-source validation losses and evaluation scores are matched by regular expression: the sources and tasks
 differ per run, and a new one appears without editing this file.
@@ -42,7 +41,10 @@ RUN_SECTIONS = {  # what every run logs
         Panel("step time (s)", ["step_time_s"]),
     ),
     "Memory": (Panel("peak memory per rank (GiB)", ["memory_gib"]),),
-    "Evaluation": (Panel("evaluation scores", regex=r"^eval/.*"),),
+    "Evaluation": (  # evaluation.run_log's RUN_METRICS, one line per task (launch/evaluate.py --tasks)
+        Panel("evaluation pass@1", regex=r"^eval/[^/]+/pass@1$"),
+        Panel("evaluation exact match", regex=r"^eval/[^/]+/exact_match$"),
+    ),
 }
 
 
@@ -52,6 +54,8 @@ def sections() -> dict[str, tuple[Panel, ...]]:
     stages = filter(None, (spec.panels() for spec in STAGE_SPECS.values()))
     return {**RUN_SECTIONS, **{section: tuple(Panel(title, keys) for title, keys in panels)
                                for section, panels in stages}}
+
+
 GROUP_BY = "Group"  # the W&B run group: <size>-<stage>
 
 

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from data.tokenizer import EOD, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, IM_END, SPECIAL_TOKENS, load_tokenizer
-from evaluation.tasks import Problem, truncate
+from evaluation.problem import Problem, truncate
 
 END_IDS = frozenset(SPECIAL_TOKENS[t] for t in (EOD, FIM_PAD, IM_END))
 

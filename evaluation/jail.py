@@ -1,8 +1,11 @@
 """Runs ONE untrusted program inside the namespaces evaluation/sandbox.py started (not imported by anything).
 
-Started as `unshare --net --mount --pid --ipc --uts --fork --kill-child -- python -I -S evaluation/jail.py`,
+Started as `unshare --net --mount --pid --ipc --uts --fork --kill-child -- python -I -S evaluation/jail.py FD`,
 so this process is PID 1 of a fresh PID namespace, alone in an empty network namespace (no interface up, not
-even loopback) and holding a private copy of the mount table. It reads its job as JSON on stdin, then:
+even loopback) and holding a private copy of the mount table. First it writes its PID as the host sees it to
+file descriptor FD (sandbox.py then holds a pidfd on it: killing PID 1 of a PID namespace kills every process in
+the namespace, including ones that called setsid() or double-forked, and it moves this process into the
+program's cgroup). It reads its job as JSON on stdin, then:
   1. makes every mount private (nothing it mounts propagates to the host) and re-mounts each one read-only
      (per-mount flags of this namespace's copies; the host's mounts stay read-write);
   2. mounts a size-limited tmpfs on /tmp owned by uid 65534 (the only writable place: it lives in this
@@ -11,15 +14,19 @@ even loopback) and holding a private copy of the mount table. It reads its job a
      the interpreter's prefix, "keep", is bound back read-only when it lies under one of them),
      and a /proc of the new PID namespace (no other process, no other process's environment, is visible);
   3. drops to uid/gid 65534 (nobody) with no supplementary groups and no_new_privs (setuid binaries inert),
-     sets RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_NPROC, and runs the program in /tmp.
+     sets RLIMIT_AS (memory; not for managed runtimes, see languages.py), RLIMIT_CPU, RLIMIT_FSIZE and,
+     when no cgroup bounds the program, RLIMIT_NPROC, and runs the program in /tmp: Python in this interpreter, other languages as the job's
+     compile and run commands, one after the other, on the source file it writes there.
 The environment is already empty apart from PATH/HOME/TMPDIR/LANG: sandbox.py starts unshare with that alone.
-Exit codes: 0 and the nonce on stdout = the program finished; 1 AssertionError; 2 other exception;
-3 MemoryError (a Python allocation refused by RLIMIT_AS); 70 the sandbox itself could not be set up.
+Exit codes: 0 and the nonce on stdout = the program finished; 1 AssertionError or a run command that failed;
+2 other exception; 3 MemoryError (a Python allocation refused by RLIMIT_AS); 4 the compile command failed;
+128 + N a command killed by signal N; 70 the sandbox itself could not be set up.
 """
 import ctypes
 import json
 import os
 import resource
+import subprocess
 import sys
 import traceback
 
@@ -30,7 +37,7 @@ KEPT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noat
               "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
 NOBODY = 65534
 PR_SET_NO_NEW_PRIVS = 38
-SETUP_FAILED = 70
+RUN_FAILED, COMPILE_FAILED, SETUP_FAILED = 1, 4, 70
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -90,12 +97,33 @@ def confine(job):
 
 
 def limit(job):
-    for name, value in (("RLIMIT_AS", job["memory_bytes"]), ("RLIMIT_CPU", job["cpu_seconds"]),
+    for name, value in (("RLIMIT_AS", job["address_space_bytes"]), ("RLIMIT_CPU", job["cpu_seconds"]),
                         ("RLIMIT_FSIZE", job["file_bytes"]), ("RLIMIT_NPROC", job["processes"])):
-        resource.setrlimit(getattr(resource, name), (value, value))
+        if value:  # 0: not limited this way (RLIMIT_AS for managed runtimes, RLIMIT_NPROC under a cgroup)
+            resource.setrlimit(getattr(resource, name), (value, value))
+
+
+def run_commands(job):
+    """Writes the source file, runs the compile then the run command; returns the jail's exit code."""
+    with open(job["source"], "w") as source:
+        source.write(job["code"])
+    env = dict(os.environ, **job["env"])
+    for command, failed in ((job["compile"], COMPILE_FAILED), (job["run"], RUN_FAILED)):
+        if not command:
+            continue
+        status = subprocess.call(command, env=env, stdin=subprocess.DEVNULL)
+        if status < 0:
+            return 128 - status
+        if status:
+            print(f"[{command[0]} exited with status {status}]", flush=True)
+            return failed
+    return 0
 
 
 def main():
+    report = int(sys.argv[1])
+    os.write(report, os.readlink("/proc/self").encode() + b"\n")  # the host's /proc is still mounted here
+    os.close(report)
     job = json.loads(sys.stdin.read())
     try:
         if not job["unsafe"]:  # --unsafe-no-sandbox: limits and a clean environment only
@@ -104,7 +132,13 @@ def main():
     except Exception:  # noqa: BLE001 - reported as "sandbox setup failed", never run unconfined
         traceback.print_exc()
         os._exit(SETUP_FAILED)
-    code, nonce = job["code"], job["nonce"]
+    nonce = job.pop("nonce")
+    if job["run"]:
+        status = run_commands(job)
+        if status == 0:
+            os.write(1, ("\n" + nonce + "\n").encode())
+        os._exit(status)
+    code = job["code"]
     del job
     try:
         exec(compile(code, "<program>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})

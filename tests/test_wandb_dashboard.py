@@ -24,14 +24,15 @@ def test_print_builds_the_spec_without_network():
     text = out.stdout
     assert text.startswith("workspace 'Qwen2.5-Coder training' in E/P, runs grouped by Group")
     for title in ("loss", "validation loss per source", "learning rate", "grad norm", "tokens/s", "TFLOP/s per GPU",
-                  "MFU", "peak memory per rank (GiB)", "evaluation scores"):
+                  "MFU", "peak memory per rank (GiB)", "evaluation pass@1", "evaluation exact match"):
         assert f"\n  {title}: " in text, title
     spec = json.loads(text[text.index("\n{") + 1:])
     assert (spec["entity"], spec["project"]) == ("E", "P")
     sections = spec["spec"]["section"]["panel_bank_config"]["sections"]
     assert [s["name"] for s in sections] == list(wandb_dashboard.sections())
     dumped = json.dumps(sections)
-    for key in ("tokens_per_s", "tflops_per_gpu", "mfu", "memory_gib", "grad_norm", "^val_loss/.*", "^eval/.*"):
+    for key in ("tokens_per_s", "tflops_per_gpu", "mfu", "memory_gib", "grad_norm", "^val_loss/.*",
+                "^eval/[^/]+/pass@1$"):
         assert key in dumped, key
 
 
@@ -57,3 +58,4 @@ def test_panels_cover_what_the_run_writes(tmp_path, gloo):
     fixed = {k for panels in wandb_dashboard.sections().values() for p in panels for k in p.keys}
     assert fixed - written <= {"mfu"}  # mfu is None on CPU (no peak FLOP/s): written on GPUs only
     assert not wandb_dashboard.shown("loss_scale") and not wandb_dashboard.shown("valid_loss")  # negative controls
+    assert not wandb_dashboard.shown("eval/humaneval/problems")

@@ -11,15 +11,18 @@ score is exact match of the stripped text. No tests, nothing executed.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List
 
 import numpy as np
 
-from evaluation.tasks import Problem
+from evaluation.problem import Problem
+from evaluation.tasks.base import Task, TaskContext, TaskError
 
 WINDOW = 512  # tokens of each document (training windows are seq_length + 1: 8,193 for file-level recipes)
 VALIDATION = 1  # megatron's split index of "valid"
 SLACK_TOKENS = 16
+DOCUMENTS = 100  # without --limit: the first 100 validation documents
 
 
 def fim_heldout(prefix: str, split: str, documents: int) -> List[Problem]:
@@ -34,7 +37,7 @@ def fim_heldout(prefix: str, split: str, documents: int) -> List[Problem]:
     dataset = IndexedDataset(prefix)
     bounds = split_bounds(split, len(dataset))[VALIDATION]
     if bounds is None or bounds[0] == bounds[1]:
-        raise ValueError(f"{prefix}: split {split!r} leaves no validation documents out of {len(dataset)}; "
+        raise TaskError(f"{prefix}: split {split!r} leaves no validation documents out of {len(dataset)}; "
                          "pass the training run's data.split with --split, e.g. --split 90,10,0")
     spec, tokenizer = FIMSpec(rate=1.0, spm_rate=0.0), load_tokenizer("qwen2.5")
     problems = []
@@ -56,3 +59,23 @@ def fim_heldout(prefix: str, split: str, documents: int) -> List[Problem]:
         if len(problems) == documents:
             break
     return problems
+
+
+class FIMHeldout(Task):
+    name, metrics = "fim_heldout", ("pass@1", "exact_match")  # pass@1 is the exact match: nothing runs
+    benchmark = False  # the user's own validation documents
+
+    def problems(self, limit: int, context: TaskContext) -> List[Problem]:
+        if not context.data:
+            raise TaskError("fim_heldout needs --data PREFIX (the output prefix of data/prepare.py)")
+        if not Path(context.data + ".idx").is_file() or not Path(context.data + ".bin").is_file():
+            raise TaskError(f"fim_heldout: no prepared data at {context.data} ({context.data}.idx/.bin missing): "
+                            "give --data the output prefix of data/prepare.py")
+        return fim_heldout(context.data, context.split, limit or DOCUMENTS)
+
+    def verdict(self, problem: Problem, completion: str, outcome) -> dict:
+        exact = completion.strip() == problem.reference.strip()
+        return dict(status="passed" if exact else "mismatch", passed=exact, exact_match=exact)
+
+
+TASKS = [FIMHeldout()]

@@ -1,0 +1,64 @@
+"""What launch/evaluate.py does with its arguments: load the tasks, build the sandbox and the answer source
+(model, file or references), score, print the table, log to the run. Every user mistake ends in one
+`error:` line and exit status 2."""
+from __future__ import annotations
+
+import json
+import sys
+
+from evaluation.harness import CompletionsError, answers_for, evaluate, read_completions
+from evaluation.report import table
+from evaluation.run_log import log_summaries, run_dir_of
+from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
+from evaluation.tasks import expand, get, load_tasks
+from evaluation.tasks.base import TaskContext
+
+
+def model_completer(args):
+    from evaluation.generate import Completer, hf_next_token, megatron_next_token
+
+    if args.hf:
+        return Completer(*hf_next_token(args.hf), args.max_new_tokens, log=print), 0
+    import torch
+
+    from train.checkpoint import CheckpointError
+    from train.distributed import init_process_group
+
+    init_process_group()
+    try:
+        completer = Completer(*megatron_next_token(args.checkpoint, args.pp), args.max_new_tokens, log=print)
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
+    return completer, torch.distributed.get_rank()
+
+
+def run(args) -> int:
+    try:
+        tasks = load_tasks(expand(args.tasks), args.limit, TaskContext(args.data, args.split))
+        given = answers_for(read_completions(args.completions), tasks) if args.completions else None
+        if args.unsafe_no_sandbox:
+            print("WARNING: --unsafe-no-sandbox: model-written code runs with your network and files", flush=True)
+        run_dir = args.checkpoint and run_dir_of(args.checkpoint)  # hidden even when a step dir is named
+        hide = [p for p in (args.checkpoint, run_dir, args.hf, args.output and args.output.parent) if p]
+        # probed on every rank before the model is built: a refusal stops all ranks alike
+        sandbox = Sandbox(Limits(args.timeout, args.memory_mb), hide, args.workers, args.unsafe_no_sandbox)
+        completer, rank = model_completer(args) if args.hf or args.checkpoint else (None, 0)
+        if rank != 0:  # every rank takes part in each forward pass; rank 0 scores
+            for task, problems in tasks.items():
+                completer(task, problems)
+            return 0
+        if args.oracle:
+            complete = lambda task, problems: {p.task_id: get(task).oracle(p) for p in problems}  # noqa: E731
+        elif given is not None:
+            complete = lambda task, problems: given[task]  # noqa: E731
+        else:
+            complete = completer
+        summaries = evaluate(tasks, complete, sandbox, args.output)
+    except (CompletionsError, SandboxUnavailable, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(table(summaries))
+    if args.checkpoint:
+        log_summaries(args.checkpoint, summaries)
+    print(json.dumps(summaries))
+    return 0
