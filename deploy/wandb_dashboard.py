@@ -3,8 +3,9 @@
 Keys come from train.metrics (loss, lr, grad_norm, tokens_per_s, tflops_per_gpu, mfu, step_time_s, memory_gib,
 val_loss and val_loss/<source> for each data source; each stage's own metrics in training and validation, val_
 prefixed, with the panels its StageSpec lists: recipes.stages) and evaluation.run_log (eval/<task>/<metric>),
-all logged at the optimizer step. Runs are grouped as train.metrics groups them: by recipe and stage (W&B "Group", e.g. 7b-repo), each run named after its job (run.name;
-launch/k8s.py sets it to the PyTorchJob's name), so the runs of one recipe's restarts and variants sit together.
+all logged at the optimizer step. Runs are grouped as train.metrics groups them: by recipe and stage (W&B
+"Group", e.g. 7b-repo), each run named after its job (run.name; launch/k8s.py sets it to the PyTorchJob's name),
+so the runs of one recipe's restarts and variants sit together.
 Per-source validation losses and evaluation scores are matched by regular expression: the sources and tasks
 differ per run, and a new one appears without editing this file.
 Saving needs the W&B API (network and WANDB_API_KEY); building the spec does not, so it is checked offline.
