@@ -1,16 +1,17 @@
-"""Evaluation's greedy decoding with and without the KV cache: new tokens/s of the megatron path, same run.
+"""Evaluation's batched greedy decoding: new tokens/s of the megatron KV-cache path at batch 1, 16 and 64, one run.
 
-    python bench/eval_decode.py                                   # tiny model, prompts of 128 and 512 tokens
-    python bench/eval_decode.py --recipe 0.5b --layers 4 --new 64 # 0.5B width, 4 layers
+    python bench/eval_decode.py                                    # tiny model, 64 HumanEval prompts
+    python bench/eval_decode.py --recipe 0.5b --layers 4 --new 32  # 0.5B width, 4 layers
+    python bench/eval_decode.py --full                             # + batch 1 by full re-forward (no cache)
 
-One process (TP1/PP1), a randomly initialised model from the recipe (fp32, CPU or the current GPU), greedy
-decoding of --new tokens after a random prompt of each --prompt length, twice: by full re-forward of the whole
-sequence per token (the baseline, what the pipeline-parallel path still does) and through evaluation.generate's
-KV cache (megatron's StaticInferenceContext). Both must produce the same tokens; the ratio is cached over full.
-Timings include the first call (the cache's allocation and the prompt's prefill), as an evaluation pays them per
-problem.
+One process (TP1/PP1), a randomly initialised model from the recipe (fp32, CPU or the current GPU), the first
+--prompts HumanEval prompts decoded greedily (up to --new tokens, HumanEval's stop sequences) exactly as
+launch/evaluate.py decodes them: evaluation.generate.Completer's batches over greedy_batch with megatron's
+StaticInferenceContext. Every run must give the completions of the first; the ratio is new tokens/s over the
+first run's. Timings include each batch's cache allocation and pre-fill and the stop-rule checks.
 """
 import argparse
+import functools
 import os
 import time
 
@@ -27,50 +28,64 @@ def build_model(recipe_name: str, layers: int):
                  "train.global_batch_size=1", "precision.fp8=null", "precision.dtype=fp32"]
     if layers:
         overrides.append(f"model.num_layers={layers}")
-    return build_inference_model(to_recipe(compose_config(overrides), world_size=1))[0].eval()
+    model = build_inference_model(to_recipe(compose_config(overrides), world_size=1))
+    for chunk in model:
+        chunk.eval()
+    return model
 
 
-def decode(next_token, prompt: list, new: int) -> tuple[list, float]:
-    ids = list(prompt)
+def decode_all(decoder, problems: list, new: int, batch_size: int) -> tuple[dict, int, float]:
+    """Completions as launch/evaluate.py makes them, the new tokens decoded and the seconds it took."""
+    from data.tokenizer import load_tokenizer
+    from evaluation.generate import Completer, greedy_batch
+
+    decoded, tokenizer = [], load_tokenizer("qwen2.5")
+
+    def decode(prompts, stops, limits):
+        new_ids = greedy_batch(decoder, tokenizer, prompts, stops, limits, max_length=1 << 20)
+        decoded.extend(map(len, new_ids))
+        return new_ids
+
     start = time.perf_counter()
-    for _ in range(new):
-        ids.append(next_token(ids))
+    completions = Completer(decode, new, batch_size)("humaneval", problems)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return ids[len(prompt):], time.perf_counter() - start
+    return completions, sum(decoded), time.perf_counter() - start
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="tiny")
     parser.add_argument("--layers", type=int, default=0, help="override model.num_layers (0: the recipe's)")
-    parser.add_argument("--prompt", default="128,512", help="comma-separated prompt lengths")
-    parser.add_argument("--new", type=int, default=128, help="new tokens per prompt")
+    parser.add_argument("--prompts", type=int, default=64, help="the first N HumanEval prompts (38-255 tokens)")
+    parser.add_argument("--new", type=int, default=64, help="new tokens per prompt")
+    parser.add_argument("--batch-sizes", default="1,16,64")
+    parser.add_argument("--full", action="store_true", help="also batch 1 by full re-forward per token")
     args = parser.parse_args(argv)
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29531"), ("RANK", "0"), ("WORLD_SIZE", "1"),
                        ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
-    from evaluation.generate import _megatron_kv_cache
+    from evaluation.generate import MegatronKVCache, PipelineForward
+    from evaluation.tasks import humaneval
 
     model = build_model(args.recipe, args.layers)
-    device = next(model.parameters()).device
-
-    @torch.no_grad()
-    def full_forward(ids: list) -> int:
-        tokens = torch.tensor([ids], device=device)
-        return int(model(tokens, torch.arange(len(ids), device=device)[None], None)[0, -1].argmax())
-
-    generator = torch.Generator().manual_seed(0)
-    print(f"{args.recipe} ({args.layers or 'all'} layers), {args.new} new tokens, {device}")
-    print(f"{'prompt':>7} {'full tok/s':>11} {'cached tok/s':>13} {'ratio':>7}")
-    for length in (int(n) for n in args.prompt.split(",")):
-        prompt = torch.randint(0, 10_000, (length,), generator=generator).tolist()
-        full, full_s = decode(full_forward, prompt, args.new)
-        cached, cached_s = decode(_megatron_kv_cache(model, device, length + args.new), prompt, args.new)
-        if cached != full:
-            raise SystemExit(f"prompt {length}: cached tokens differ from the full forward's")
-        print(f"{length:>7} {args.new / full_s:>11.1f} {args.new / cached_s:>13.1f} {full_s / cached_s:>6.1f}x")
-
+    device = next(model[0].parameters()).device
+    problems = humaneval()[:args.prompts]
+    runs = [(f"batch {n}", MegatronKVCache(model[0], device), int(n)) for n in args.batch_sizes.split(",")]
+    if args.full:
+        runs.append(("batch 1, no cache", PipelineForward(model, device), 1))
+    print(f"{args.recipe} ({args.layers or 'all'} layers), the first {len(problems)} HumanEval prompts, up to "
+          f"{args.new} new tokens each (its stop rules), {device}")
+    print(f"{'decoding':>18} {'new tok/s':>10} {'vs first':>9}", flush=True)
+    reference, first_rate = None, None
+    for name, decoder, batch_size in runs:
+        with torch.no_grad():
+            completions, tokens, seconds = decode_all(decoder, problems, args.new, batch_size)
+        reference = reference or completions
+        if completions != reference:
+            raise SystemExit(f"{name}: completions differ from {runs[0][0]}'s")
+        first_rate = first_rate or tokens / seconds
+        print(f"{name:>18} {tokens / seconds:>10.1f} {tokens / seconds / first_rate:>8.1f}x", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -61,7 +61,8 @@ class DataConfig:
     seed: Optional[int] = None
     """Seed for shuffling, blending and FIM; None uses the run's seed passed to build_pretrain_datasets."""
     cache_dir: Optional[str] = None
-    """Where megatron caches its sample indices; None: next to each prefix (PREFIX dir/cache)."""
+    """Where megatron caches its sample indices; None: megatron's default, PREFIX/cache/ per source. Keyed by the
+    sources' content (data.datasets), so a re-prepared prefix never reuses the old indices."""
     mid_level_dataset_surplus: float = 0.005
     """Extra samples built per source so the blend never oversamples one (megatron's default)."""
     eod_mask_loss: bool = False

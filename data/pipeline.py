@@ -9,6 +9,12 @@ input alone; randomness (FIM, shuffling, blending) happens at training time, see
 Throughput (2 cores, stdlib corpus, see bench/tokenize_throughput.py): the tokenizer dominates; batches of
 ~1 MiB keep inter-process overhead to a few percent. workers=1 runs in-process (no pool).
 
+Atomic output: PREFIX.bin, .idx and .report.json are written as PREFIX.*.partial and renamed into place only
+when all three are complete (.bin, then .idx, then the report, which names the other two's sizes and .idx
+sha256). A run that fails or is killed at any instant leaves the previous output intact (or nothing): at
+worst, killed between two renames, a new .bin beside the old .idx and report, which training refuses
+(data.datasets checks the sizes) instead of reading. Stale .partial files are overwritten by the next run.
+
 Start-up: the writer is megatron's IndexedDatasetBuilder, and importing megatron.core (torch with it) takes
 ~3.4 s on 2 cores, longer than tokenizing a 30 MB corpus. It is imported on a background thread started after
 the worker pool forks (forking during an import could deadlock a child), while the workers read and tokenize;
@@ -17,6 +23,7 @@ module level.
 """
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import sys
@@ -29,12 +36,12 @@ import numpy as np
 
 from data import filters
 from data.documents import Document, content_key, file_document, repo_documents
-from data.report import Report
+from data.report import REPORT_SUFFIX, BadInputError, Report, output_record
 from data.sources import (
     CONTENT_FIELDS, DEFAULT_EXCLUDE, LANGUAGE_FIELDS, PATH_FIELDS, FileUnit, RepoUnit, batched, first_str,
-    iter_units, language_of, parse_json_line, total_input_bytes, unit_weight,
+    iter_units, language_of, list_inputs, parse_json_line, total_input_bytes, unit_weight,
 )
-from data.tokenizer import QWEN_SPECS, VOCAB_SIZE, Tokenizer, load_tokenizer
+from data.tokenizer import QWEN_SPECS, VOCAB_SIZE, Tokenizer, load_tokenizer, tokenizer_identity
 
 PREPARE_MODES = ("file", "repo", "text")
 
@@ -183,22 +190,66 @@ class _BackgroundImport(threading.Thread):
         return self._result
 
 
+PARTIAL = ".partial"
+
+
 def _output_paths(prefix: Path):
-    return Path(f"{prefix}.bin"), Path(f"{prefix}.idx"), Path(f"{prefix}.report.json")
+    return Path(f"{prefix}.bin"), Path(f"{prefix}.idx"), Path(f"{prefix}{REPORT_SUFFIX}")
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL)
+
+
+def _check_arguments(options: PrepareOptions) -> None:
+    """Everything that can be wrong before reading a byte: one BadInputError naming the fix."""
+    if options.mode not in PREPARE_MODES:
+        raise BadInputError(f"--mode must be one of {PREPARE_MODES}, got {options.mode!r}")
+    if options.workers < 1:
+        raise BadInputError(f"--workers must be >= 1 (1 tokenizes in-process), got {options.workers}")
+    list_inputs(options.inputs)
+    report = _partial(_output_paths(options.output_prefix)[2])
+    try:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.touch()
+        report.unlink()
+    except OSError as error:
+        raise BadInputError(f"cannot write the output {options.output_prefix}.*: {error.strerror or error} "
+                            f"({error.filename or report.parent}); choose a writable --output-prefix") from None
+
+
+def _publish(finals, partials) -> None:
+    """Rename the complete outputs into place, the report last (see the module docstring)."""
+    for final, partial in zip(finals, partials):
+        os.replace(partial, final)
+
+
+class _ContentHash:
+    """sha256 of every document's length and token ids (as int64) in order: the same for any dtype and worker
+    count. Measured 158 Mtok/s of CPU time (2,000-token documents), ~6 % of tokenizing at ~10 Mtok/s."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, tokens) -> None:
+        tokens = np.asarray(tokens, dtype=np.int64)
+        self._digest.update(np.int64(len(tokens)).tobytes())
+        self._digest.update(tokens.tobytes())
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 def prepare(options: PrepareOptions) -> Report:
     """Run the pipeline; returns the report (also written to PREFIX.report.json).
 
-    With options.strict, the first batch (~1 MiB) holding malformed input stops the run: the outputs are
-    removed and BadInputError lists every malformed record seen so far, by reason with examples.
+    With options.strict, the first batch (~1 MiB) holding malformed input stops the run: nothing is published
+    and BadInputError lists every malformed record seen so far, by reason with examples. Input that yields no
+    document (an empty directory, every record skipped) is a BadInputError too, and nothing is published.
     """
-    if options.mode not in PREPARE_MODES:
-        raise ValueError(f"mode must be one of {PREPARE_MODES}, got {options.mode!r}")
-    if options.workers < 1:
-        raise ValueError(f"workers must be >= 1, got {options.workers}")
-    bin_path, idx_path, report_path = _output_paths(options.output_prefix)
-    bin_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_arguments(options)
+    finals = _output_paths(options.output_prefix)
+    bin_path, idx_path, report_path = partials = tuple(_partial(path) for path in finals)
     settings = {
         "inputs": [str(p) for p in options.inputs],
         "mode": options.mode,
@@ -209,6 +260,7 @@ def prepare(options: PrepareOptions) -> Report:
         "exclude": list(options.exclude),
     }
     report = Report(**settings)
+    content = _ContentHash()
     batches = batched(iter_units(options.inputs, options.mode, options.exclude))
     seen_keys: set = set()
     pool = progress = builder = None
@@ -230,18 +282,21 @@ def prepare(options: PrepareOptions) -> Report:
         for weight, batch_results in results:
             builder = builder or open_builder()
             for result in batch_results:
-                _consume(result, builder, report, seen_keys)
+                _consume(result, builder, report, seen_keys, content)
             if progress is not None:
                 progress.update(weight)
             if options.strict and report.bad_input():
                 stopped = True  # fail fast: no point tokenizing hours of input that will be refused
                 break
-        builder = builder or open_builder()  # no input at all: empty but valid outputs
-        builder.finalize(str(idx_path))
+        if report.documents == 0 and not stopped:
+            raise BadInputError(f"no documents in {[str(p) for p in options.inputs]} ({report.summary()}); "
+                                "nothing was written. Check --input (and --mode, --languages, --exclude)")
+        if not stopped:
+            builder.finalize(str(idx_path))
     except BaseException:
         if builder is not None:
             builder.data_file.close()
-        _remove(bin_path, idx_path)
+        _remove(*partials)
         raise
     finally:
         _WORKER.clear()
@@ -251,13 +306,21 @@ def prepare(options: PrepareOptions) -> Report:
         if progress is not None:
             progress.close()
     if stopped:
-        _remove(bin_path, idx_path, report_path)
+        builder.data_file.close()
+        _remove(*partials)
         raise report.strict_error()
-    report.write(report_path)
+    report.tokenizer = tokenizer_identity(options.tokenizer)
+    report.output = output_record(bin_path, idx_path, content.hexdigest())
+    try:
+        report.write(report_path)
+        _publish(finals, partials)
+    except BaseException:
+        _remove(*partials)
+        raise
     return report
 
 
-def _consume(result: UnitResult, builder, report: Report, seen_keys: set) -> None:
+def _consume(result: UnitResult, builder, report: Report, seen_keys: set, content: _ContentHash) -> None:
     for reason, origin, detail in result.skips:
         report.add_skip(reason, origin, detail)
     if not result.documents:
@@ -269,6 +332,7 @@ def _consume(result: UnitResult, builder, report: Report, seen_keys: set) -> Non
         seen_keys.add(result.key)
     for document in result.documents:
         builder.add_document(document.tokens, [len(document.tokens)])
+        content.add(document.tokens)
         report.add_document(len(document.tokens), document.languages, document.over_budget)
 
 

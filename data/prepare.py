@@ -5,6 +5,7 @@
     python data/prepare.py --input math.jsonl --output-prefix data/out/math --mode text
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from data.report import BadInputError
 from data.sources import DEFAULT_EXCLUDE
 
 
-def parse_args(argv=None) -> PrepareOptions:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, type=Path,
                    help="directories (of source files; of repositories in repo mode) and/or JSONL files")
@@ -36,7 +37,11 @@ def parse_args(argv=None) -> PrepareOptions:
                         f"directories only (defaults: {' '.join(DEFAULT_EXCLUDE)})")
     p.add_argument("--no-default-exclude", action="store_true", help="read the default-excluded folders too")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
+    p.add_argument("--debug", action="store_true", help="errors with their traceback (as HYDRA_FULL_ERROR=1)")
+    return p
+
+
+def _options(a: argparse.Namespace) -> PrepareOptions:
     max_line = a.max_line_length if a.max_line_length is not None else (0 if a.mode == "text" else 1000)
     return PrepareOptions(
         inputs=a.input, output_prefix=a.output_prefix, mode=a.mode, workers=a.workers, seed=a.seed,
@@ -47,11 +52,18 @@ def parse_args(argv=None) -> PrepareOptions:
     )
 
 
+def parse_args(argv=None) -> PrepareOptions:
+    return _options(_parser().parse_args(argv))
+
+
 def main(argv=None) -> int:
-    options = parse_args(argv)
+    args = _parser().parse_args(argv)
+    options = _options(args)
     try:
         report = prepare(options)
     except BadInputError as error:
+        if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.summary(), file=sys.stderr)

@@ -7,18 +7,51 @@ repository) is either kept in a document or skipped under exactly one reason, so
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 from data.filters import BAD_INPUT_REASONS
 
 MAX_EXAMPLES = 5
 
 
+REPORT_SUFFIX = ".report.json"
+
+
 class BadInputError(ValueError):
-    """--strict found malformed input; the message lists every reason with examples."""
+    """Input or arguments data/prepare.py cannot use (--strict: malformed records, listed by reason with
+    examples); the message says what to fix."""
+
+
+def report_path(prefix) -> Path:
+    return Path(f"{prefix}{REPORT_SUFFIX}")
+
+
+def read_report(prefix) -> Optional[Dict]:
+    """PREFIX.report.json as a dict, None when there is none; ValueError when it is not JSON."""
+    path = report_path(prefix)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_record(bin_path: Path, idx_path: Path, content_sha256: str) -> Dict:
+    """What ties a report to its .bin/.idx: their sizes, the .idx's sha256 (1/3 of the .bin's size at most:
+    12 bytes a document against >= 4 a token) and the sha256 of every document's tokens in order, which
+    training uses as the content's name (megatron's index cache key)."""
+    return {"bin_bytes": Path(bin_path).stat().st_size, "idx_bytes": Path(idx_path).stat().st_size,
+            "idx_sha256": file_sha256(idx_path), "content_sha256": content_sha256}
 
 
 class Report:
@@ -34,6 +67,8 @@ class Report:
         self.over_budget = 0
         self.languages: Dict[str, Dict[str, int]] = defaultdict(lambda: {"records": 0, "tokens": 0})
         self.skipped: Dict[str, Dict] = {}
+        self.tokenizer: Optional[Dict] = None  # data.tokenizer.tokenizer_identity of the tokenizer used
+        self.output: Optional[Dict] = None  # output_record of the finished .bin/.idx
 
     def add_document(self, ntokens: int, languages: Dict[str, tuple], over_budget: bool) -> None:
         self.documents += 1
@@ -69,6 +104,8 @@ class Report:
         return BadInputError("\n".join(lines))
 
     def to_dict(self) -> Dict:
+        written = {name: value for name, value in (("tokenizer", self.tokenizer), ("output", self.output))
+                   if value is not None}  # data/prepare.py's reports; the SFT/DPO readers have no output files
         return {
             "settings": self.settings,
             "documents": self.documents,
@@ -81,6 +118,7 @@ class Report:
             "documents_over_budget": self.over_budget,
             "languages": {k: dict(v) for k, v in sorted(self.languages.items())},
             "skipped": {k: self.skipped[k] for k in sorted(self.skipped)},
+            **written,
         }
 
     def write(self, path: Path) -> None:

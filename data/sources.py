@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+from data.report import BadInputError
+
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 # Never source files: version-control internals, caches and build output (a stdlib tree holds ~1,700 .pyc files
 # in __pycache__, a checked-out project its virtualenv or node_modules). A pattern ending in "/" matches
@@ -123,7 +125,7 @@ def is_jsonl(path: Path) -> bool:
 def list_inputs(inputs: Sequence[Path]) -> List[Path]:
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"input path(s) do not exist: {missing}")
+        raise BadInputError(f"input path(s) do not exist: {missing}; fix --input (directories and/or JSONL files)")
     return [Path(p) for p in inputs]
 
 
@@ -141,7 +143,7 @@ def iter_units(inputs: Sequence[Path], mode: str, exclude: Sequence[str] = ()) -
             yield from (_repo_units_from_lines(lines) if mode == "repo" else lines)
         else:  # a single plain file
             if mode == "repo":
-                raise ValueError(f"repo mode needs a directory of repositories or JSONL, got the file {path}")
+                raise BadInputError(f"--mode repo needs a directory of repositories or JSONL, got the file {path}")
             yield FileUnit(str(path), path.name, path.stat().st_size)
 
 

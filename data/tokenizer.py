@@ -21,6 +21,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import importlib.util
+import json
 import unicodedata
 from collections import OrderedDict
 from pathlib import Path
@@ -142,6 +143,10 @@ class Tokenizer:
     vocab_size: int
     eod: int
     special: Dict[str, int]
+    fingerprint: str  # sha256 naming the exact id assignment (see tokenizer_identity)
+    # {prefix: content fingerprint} of the sources megatron builds datasets from with this tokenizer; part of
+    # unique_identifiers, so megatron's index cache is keyed by the data's content (data.datasets sets it).
+    data_fingerprints: Optional[Dict[str, str]] = None
 
     def encode(self, text: str) -> List[int]:
         """Token ids of `text` as ordinary text (a literal "<|endoftext|>" stays text)."""
@@ -171,12 +176,21 @@ class Tokenizer:
         special_ids = set(self.special.values())
         return {i: self.id_to_bytes(i) for i in range(self.vocab_size) if i not in special_ids}
 
+    def identity(self) -> Dict[str, object]:
+        """What a prepared source's report and a checkpoint record of the tokenizer (see tokenizer_identity)."""
+        return {"name": self.name, "vocab_size": self.vocab_size, "fingerprint": self.fingerprint}
+
     @property
-    def unique_identifiers(self) -> "OrderedDict[str, str]":
-        """Key for megatron's dataset index cache."""
-        return OrderedDict(
-            [("class", f"{type(self).__module__}.{type(self).__qualname__}"), ("name", self.name)]
+    def unique_identifiers(self) -> "OrderedDict[str, object]":
+        """Key for megatron's dataset index cache: the tokenizer and, when set, the data's content fingerprints
+        (megatron's own key is path, split, seed and length: a re-prepared prefix would reuse stale indices)."""
+        key = OrderedDict(
+            [("class", f"{type(self).__module__}.{type(self).__qualname__}"), ("name", self.name),
+             ("fingerprint", self.fingerprint)]
         )
+        if self.data_fingerprints:
+            key["data"] = dict(sorted(self.data_fingerprints.items()))
+        return key
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size})"
@@ -191,6 +205,7 @@ class QwenTokenizer(Tokenizer):
         self.ranks_path = Path(ranks_path) if ranks_path is not None else find_ranks_file()
         self.name = "qwen2.5"
         self.vocab_size = VOCAB_SIZE
+        self.fingerprint = QWEN_FINGERPRINT
         self.eod = SPECIAL_TOKENS[EOD]
         self.special = dict(SPECIAL_TOKENS)
         self._tiktoken_encoding = None
@@ -255,6 +270,68 @@ class QwenTokenizer(Tokenizer):
         self.__init__(Path(state["ranks_path"]), backend=state["backend"])
 
 
+def vocab_fingerprint(token_bytes: Dict[int, bytes]) -> str:
+    """sha256 of the id -> bytes table in id order: equal for two tokenizers exactly when they agree on every id."""
+    digest = hashlib.sha256()
+    for token_id in sorted(token_bytes):
+        digest.update(f"{token_id} {token_bytes[token_id].hex()}\n".encode())
+    return digest.hexdigest()
+
+
+def qwen_vocab_bytes(ranks: Dict[bytes, int]) -> Dict[int, bytes]:
+    """The offline tokenizer's table: BPE ranks, then the special tokens' names."""
+    table = {rank: token for token, rank in ranks.items()}
+    table.update((token_id, name.encode()) for name, token_id in SPECIAL_TOKENS.items())
+    return table
+
+
+# vocab_fingerprint(qwen_vocab_bytes(load_ranks())) of the pinned ranks file (RANKS_SHA256), pinned itself so that
+# no rank loads 151,643 ranks to check a report (tests/test_data_integrity.py recomputes it). A Hugging Face
+# directory of the released Qwen2.5 tokenizer has the same fingerprint: it assigns the same ids.
+QWEN_FINGERPRINT = "a6b40d6b4f208adfdcbf76dc07d972ad0d4be98f5801436b288a33fbc146857e"
+
+
+def _byte_level_alphabet() -> Dict[str, int]:
+    """Byte-level BPE's printable stand-ins (GPT-2's table): char -> byte. Printable Latin-1 bytes stand for
+    themselves; the other 68 bytes, in byte order, for U+0100 onward."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(0x100 + i): b for i, b in enumerate(others)}}
+
+
+def _is_byte_level(tokenizer_json: Path) -> bool:
+    decoder = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("decoder") or {}
+    return decoder.get("type") == "ByteLevel" or any(
+        step.get("type") == "ByteLevel" for step in decoder.get("decoders", []) if isinstance(step, dict))
+
+
+def _hf_fingerprint(hf, byte_level: bool) -> str:
+    """vocab_fingerprint of a `tokenizers` vocabulary: byte-level tokens as the bytes they stand for, added
+    tokens (and every token of other models) as their UTF-8 text."""
+    alphabet = _byte_level_alphabet() if byte_level else {}
+    added = {token.content for token in hf.get_added_tokens_decoder().values()}
+    table = {}
+    for token, token_id in hf.get_vocab(with_added_tokens=True).items():
+        if byte_level and token not in added and all(char in alphabet for char in token):
+            table[token_id] = bytes(alphabet[char] for char in token)
+        else:
+            table[token_id] = token.encode("utf-8")
+    return vocab_fingerprint(table)
+
+
+def tokenizer_identity(spec: str) -> Dict[str, object]:
+    """{name, vocab_size, fingerprint} of a tokenizer spec, as prepared-data reports and checkpoints record it.
+
+    The fingerprint is vocab_fingerprint of the id -> bytes table: pinned for 'qwen2.5' (nothing is loaded),
+    read from the vocabulary for a Hugging Face directory, so the released Qwen2.5 directory and the offline
+    ranks agree. Different fingerprints mean some id stands for other bytes: data written with one tokenizer is
+    foreign to the other.
+    """
+    if spec in QWEN_SPECS:
+        return {"name": "qwen2.5", "vocab_size": VOCAB_SIZE, "fingerprint": QWEN_FINGERPRINT}
+    return load_tokenizer(spec).identity()
+
+
 def _load_gigatoken(ranks_path: Path, required: bool):
     try:
         import gigatoken
@@ -294,6 +371,7 @@ class HFTokenizer(Tokenizer):
             raise ValueError(f"{path}: re-flagging its added tokens as special changed their ids")
         self._hf.encode_special_tokens = True
         self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+        self.fingerprint = _hf_fingerprint(self._hf, byte_level=_is_byte_level(path))
         self.special = {}
         for name in SPECIAL_TOKENS:
             token_id = self._hf.token_to_id(name)

@@ -4,7 +4,10 @@ Why a generator and not a hand-written YAML: the world size the recipe is tuned 
 run.gpus_per_node) must equal what the job asks Kubernetes for (pods x GPUs per pod x nprocPerNode), and the
 run directory must be stable per job so a restarted pod resumes from its checkpoint. Deriving both from the
 recipe, after recipes.validate has accepted the layout on that world size, makes a broken layout fail here,
-before a manifest exists, instead of minutes into a multi-node job.
+before a manifest exists, instead of minutes into a multi-node job. A layout the planner (recipes.planner, as
+launch/plan.py prints it) says does not fit the GPU's memory fails here too: its pods would be OOM-killed and,
+under the ExitCode restart policy, restarted backoff_limit times. JobOptions.allow_unfit (--allow-unfit)
+writes it anyway, for when the planner's estimate is known to be pessimistic for a setup.
 
 What the operator provides (docs/kubernetes.md): MASTER_ADDR/PORT, WORLD_SIZE, RANK (the node index),
 PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE. torchrun reads the PET_* variables as its own flags, so the
@@ -82,6 +85,8 @@ class JobOptions:
     back to TCP sockets, ~10x slower for the gradient all-reduce."""
     nccl_ib_hca: Optional[str] = None
     """NCCL_IB_HCA: which HCAs NCCL uses (e.g. "mlx5" or "=mlx5_0,mlx5_1"); unset, NCCL uses every one it finds."""
+    allow_unfit: bool = False
+    """Write the manifest even when the planner says the layout does not fit the GPU's memory."""
     nccl_socket_ifname: Optional[str] = None
     """NCCL_SOCKET_IFNAME: the interface for NCCL's bootstrap and socket transport (e.g. "eth0"); unset, NCCL
     may pick a docker/loopback-like interface that other nodes cannot reach."""
@@ -177,6 +182,22 @@ def compose_recipe(overrides: Sequence[str]):
     return recipe
 
 
+def check_fits(recipe) -> None:
+    """ManifestError with the plan's numbers when the planner says a GPU's memory is too small for the layout."""
+    from recipes.planner import make_plan
+
+    plan = make_plan(recipe)
+    if not plan.fits:
+        lay = plan.layout
+        raise ManifestError(
+            f"{plan.recipe_name} does not fit: the planner puts pp stage {plan.busiest.stage} at "
+            f"{plan.memory_gib_per_gpu:.1f} of {plan.gpu_memory_gib:.1f} GiB per {plan.gpu} (tp={lay.tp} pp={lay.pp} "
+            f"cp={lay.cp} dp={lay.dp}, micro batch {lay.micro_batch_size}, seq {lay.seq_length}); raise tp/pp/cp, "
+            "lower train.micro_batch_size or enable recompute (launch/plan.py shows the breakdown), or pass "
+            "--allow-unfit to write it anyway"
+        )
+
+
 def _env(opts: JobOptions) -> list[dict]:
     env = {
         "CUDA_DEVICE_MAX_CONNECTIONS": "1",  # Megatron's TP/SP comm-compute overlap relies on in-order launches
@@ -240,6 +261,8 @@ def build_manifest(overrides: Sequence[str], opts: JobOptions) -> dict:
     rest = [arg for arg in rest if arg.partition("=")[0] != "run.name"]  # the job name replaces it
     command = training_command(size, stage, rest, name, opts.run_mount)
     recipe = compose_recipe(hydra_overrides(command))  # exactly what the pods will compose, run.dir included
+    if not opts.allow_unfit:
+        check_fits(recipe)
     volumes, mounts = _volumes(opts)
 
     container = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from evaluation.harness import CompletionsError, answers_for, evaluate, read_completions
 from evaluation.report import table
@@ -13,12 +14,14 @@ from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
 from evaluation.tasks import expand, get, load_tasks
 from evaluation.tasks.base import TaskContext
 
+PRIVATE_TMP = Path("/tmp").resolve()
+
 
 def model_completer(args):
-    from evaluation.generate import Completer, hf_next_token, megatron_next_token
+    from evaluation.generate import Completer, hf_decoder, megatron_decoder
 
     if args.hf:
-        return Completer(*hf_next_token(args.hf), args.max_new_tokens, log=print), 0
+        return Completer(hf_decoder(args.hf), args.max_new_tokens, args.batch_size, log=print), 0
     import torch
 
     from train.checkpoint import CheckpointError
@@ -26,7 +29,8 @@ def model_completer(args):
 
     init_process_group()
     try:
-        completer = Completer(*megatron_next_token(args.checkpoint, args.pp), args.max_new_tokens, log=print)
+        decode = megatron_decoder(args.checkpoint, args.pp)
+        completer = Completer(decode, args.max_new_tokens, args.batch_size, log=print)
     except CheckpointError as error:
         raise ValueError(str(error)) from None
     return completer, torch.distributed.get_rank()
@@ -39,7 +43,9 @@ def run(args) -> int:
         if args.unsafe_no_sandbox:
             print("WARNING: --unsafe-no-sandbox: model-written code runs with your network and files", flush=True)
         run_dir = args.checkpoint and run_dir_of(args.checkpoint)  # hidden even when a step dir is named
-        hide = [p for p in (args.checkpoint, run_dir, args.hf, args.output and args.output.parent) if p]
+        # /tmp is the program's own private tmpfs already: hiding it (an --output file there) would leave none
+        hide = [p for p in (args.checkpoint, run_dir, args.hf, args.output and args.output.parent)
+                if p and Path(p).resolve() != PRIVATE_TMP]
         # probed on every rank before the model is built: a refusal stops all ranks alike
         sandbox = Sandbox(Limits(args.timeout, args.memory_mb), hide, args.workers, args.unsafe_no_sandbox)
         completer, rank = model_completer(args) if args.hf or args.checkpoint else (None, 0)

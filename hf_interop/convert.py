@@ -111,6 +111,8 @@ def _dtype(value) -> Optional[torch.dtype]:
 
 def _check_empty(out_dir: Path) -> None:
     """Checked before any work: a conversion never mixes its files with others."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"--out {out_dir} is a file; give the path of a new directory")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConversionError(f"{out_dir} exists and is not empty; choose a new directory or remove it")
 
@@ -121,7 +123,10 @@ def _fresh_output(out_dir: Path) -> Path:
     staging = out_dir.with_name(out_dir.name + ".partial")
     if staging.exists():
         shutil.rmtree(staging)  # left by an interrupted conversion: never complete, never read
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as error:
+        raise ConversionError(f"cannot create {staging}: {error.strerror or error}; choose a writable --out") from None
     return staging
 
 
@@ -383,6 +388,26 @@ def _write_tokenizer(staging: Path, source: CheckpointSource, tokenizer: str) ->
     return "none (add one with --tokenizer qwen2.5)"
 
 
+def _check_tokenizer(directory: Path, source: CheckpointSource, tokenizer: str) -> None:
+    """Refuse to pair a checkpoint's weights with a tokenizer other than the one it was trained with (training
+    checkpoints record it: train.checkpoint.recorded_tokenizer); --tokenizer none writes no tokenizer."""
+    from data.tokenizer import tokenizer_identity
+    from train.checkpoint import recorded_tokenizer
+
+    trained = recorded_tokenizer(directory)
+    imported = source.sidecar is not None and (source.sidecar / "tokenizer.json").is_file()
+    if tokenizer == "none" or trained is None or (tokenizer == "auto" and not imported):
+        return  # no tokenizer written, or an import / a checkpoint from before tokenizers were recorded
+    written = tokenizer_identity("qwen2.5" if tokenizer == "qwen2.5" else str(source.sidecar))
+    if written["fingerprint"] != trained["fingerprint"]:
+        raise ConversionError(
+            f"{directory} was trained with tokenizer {trained['name']!r} (vocab {trained['vocab_size']}, fingerprint "
+            f"{trained['fingerprint'][:12]}), not {written['name']!r} (vocab {written['vocab_size']}, fingerprint "
+            f"{written['fingerprint'][:12]}): the export would read its ids with the wrong tokenizer. Pass "
+            "--tokenizer none and add the training tokenizer's files to the export"
+        )
+
+
 def save_hf(module, source: CheckpointSource, out_dir, dtype=None, max_shard_size=DEFAULT_MAX_SHARD,
             tokenizer: str = "auto") -> ConversionResult:
     """Write a TP1/PP1 GPTModel (from load_model) as an HF directory; `dtype` casts (default: the model's)."""
@@ -411,6 +436,8 @@ def export_hf(mcore_dir, out_dir, recipe: Optional[Recipe] = None, dtype=None,
     tokenizer files per `tokenizer`: auto = the import's files if any, qwen2.5 = derived offline, none)."""
     started = time.perf_counter()
     _check_empty(Path(out_dir))  # before minutes of loading
+    directory = resolve_checkpoint_dir(mcore_dir)
+    _check_tokenizer(directory, _export_source(directory, recipe), tokenizer)  # before minutes of loading
     module, source = load_model(mcore_dir, recipe)
     result = save_hf(module, source, out_dir, dtype, max_shard_size, tokenizer)
     result.seconds = time.perf_counter() - started

@@ -13,6 +13,7 @@ import's MCORE_DIR/hf/convert.json.
 """
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                           help="auto: the imported checkpoint's tokenizer files, if any; qwen2.5: derive the "
                                "Qwen2.5 tokenizer offline; none")
     for sub in (importer, exporter):
+        sub.add_argument("--debug", action="store_true", help="errors with their traceback (as HYDRA_FULL_ERROR=1)")
         sub.add_argument("--dtype", choices=("bf16", "fp32", "fp16"), default=None,
                          help="cast the weights (default: keep the source dtype)")
         sub.add_argument("overrides", nargs="*", help="recipe overrides, e.g. +recipe=7b model.num_layers=4")
@@ -44,6 +46,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from hf_interop.files import HFDirectoryError
     from hf_interop.names import CheckpointMismatchError
@@ -60,8 +65,10 @@ def main(argv=None) -> int:
         else:
             hf_convert.export_hf(args.mcore, args.out, recipe=recipe, dtype=args.dtype,
                                  max_shard_size=args.max_shard_size, tokenizer=args.tokenizer)
-    except (CheckpointMismatchError, CheckpointError, HFDirectoryError, hf_convert.ConversionError,
-            RecipeError) as error:
+    except (CheckpointMismatchError, CheckpointError, HFDirectoryError, hf_convert.ConversionError, RecipeError,
+            HydraException, OmegaConfBaseException) as error:
+        if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

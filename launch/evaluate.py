@@ -49,6 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=positive, default=0, help="first N >= 1 problems of each task (default: all)")
     parser.add_argument("--output", type=Path, help="JSONL, one row per problem")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (512 for humaneval)")
+    parser.add_argument("--batch-size", type=int, help="problems decoded together (default 16)")
     parser.add_argument("--workers", type=int, default=None, help="parallel programs (default: CPU count)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default 10)")
     parser.add_argument("--memory-mb", type=int, default=1024,

@@ -5,8 +5,9 @@
         --wandb-secret wandb --rdma rdma/ib=1 --nccl-socket-ifname eth0 -o job.yaml
 
 Hydra overrides are the same ones launch/pretrain.py takes; options and overrides mix in any order. The recipe is
-composed and validated on its own world size (run.nodes x run.gpus_per_node) before anything is written; the
-manifest is then checked against the operator's webhook rules and, with --crd FILE (the cluster's
+composed and validated on its own world size (run.nodes x run.gpus_per_node) before anything is written, and its
+layout must fit GPU memory as launch/plan.py computes it (--allow-unfit overrides); the manifest is then checked
+against the operator's webhook rules and, with --crd FILE (the cluster's
 `kubectl get crd pytorchjobs.kubeflow.org -o yaml`), its CRD schema. Exit status 1 and a message on any error.
 Details and the reasons behind each field: deploy/k8s.py.
 """
@@ -42,6 +43,8 @@ def parse(argv):
     p.add_argument("--host-ipc", action="store_true", help="use the node's IPC namespace and /dev/shm")
     p.add_argument("--shm-size", help="size limit of the pod's memory-backed /dev/shm, e.g. 64Gi")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env (repeatable)")
+    p.add_argument("--allow-unfit", action="store_true",
+                   help="write the manifest even when the planner says the layout does not fit GPU memory")
     p.add_argument("--crd", type=Path, help="the PyTorchJob CRD to validate the schema against")
     p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     return p.parse_intermixed_args(argv)  # recipe overrides may come before, between or after options
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
         data_pvc=args.data_pvc, data_mount=args.data_mount, extra_env=dict(e.split("=", 1) for e in args.env),
         wandb_entity=args.wandb_entity, rdma={k: int(v) for k, v in (r.split("=", 1) for r in args.rdma)},
         nccl_ib_hca=args.nccl_ib_hca, nccl_socket_ifname=args.nccl_socket_ifname, host_ipc=args.host_ipc,
-        shm_size=args.shm_size)
+        shm_size=args.shm_size, allow_unfit=args.allow_unfit)
     from recipes.validate import RecipeError
 
     try:

@@ -6,8 +6,10 @@
 
 The recipe is composed exactly as launch/pretrain.py composes it (same Hydra tree, same overrides) and checked
 by recipes.validate on its own world size (run.nodes x run.gpus_per_node); `plan.*` is a schema node that only
-this entry reads. The memory model is documented in docs/memory-model.md. Exit status 1 when it does not fit.
-Hydra runs with its logging off and no output directory: a plan writes nothing.
+this entry reads. The memory model is documented in docs/memory-model.md. Exit status 1 when it does not fit, 2
+with one `error:` line when the recipe breaks a rule. A Hydra application like launch/pretrain.py (--cfg job,
+--help, --info, -m: `python launch/plan.py -m +recipe=7b parallel.tp=2,4` plans each point). A plan writes
+nothing (recipes/config.yaml: no Hydra log or output directory); a sweep leaves Hydra's multirun.yaml in run.dir.
 """
 import sys
 
@@ -15,14 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from recipes import schema
-
-# A planner writes nothing: no run directory, no log file (added unless the command line sets the same key).
-_QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none", "hydra.output_subdir=null", "hydra.run.dir=."]
-
-
-def _add_quiet_overrides(argv: list[str]) -> None:
-    given = {arg.split("=", 1)[0].lstrip("+~") for arg in argv[1:] if "=" in arg}
-    argv += [override for override in _QUIET if override.split("=", 1)[0] not in given]
+from train.errors import run_hydra_app, user_errors_reported
 
 
 @hydra.main(config_path="../recipes", config_name="config", version_base=None)
@@ -30,7 +25,8 @@ def main(cfg: DictConfig) -> None:
     from recipes.compose import to_recipe
     from recipes.planner import make_plan, render
 
-    recipe = to_recipe(cfg)
+    with user_errors_reported():
+        recipe = to_recipe(cfg)
     plan = make_plan(recipe)
     if recipe.plan.meta_build:
         from train.meta_count import meta_parameters_per_stage
@@ -43,5 +39,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     schema.register()
-    _add_quiet_overrides(sys.argv)
-    main()
+    run_hydra_app(main)

@@ -1,21 +1,26 @@
 """Pretraining entry: `torchrun --nproc_per_node=N launch/pretrain.py +recipe=SIZE [stage=...] [overrides]`.
 
-Every rank composes the same Hydra config (recipes/), turns it into the typed Recipe and hands it to
-train.loop.run. A recipe, data or checkpoint mistake ends the run with one message (train.errors). Examples:
+A Hydra application (recipes/config.yaml): every rank composes the same config, turns it into the typed Recipe and
+hands it to train.loop.run. A recipe, data or checkpoint mistake ends the run with one message (train.errors).
+Hydra's own flags work as usual, without torchrun (one process):
     torchrun --nproc_per_node=2 launch/pretrain.py +recipe=tiny
     torchrun --nproc_per_node=8 launch/pretrain.py +recipe=7b stage=repo train.train_iters=1000
+    python launch/pretrain.py +recipe=tiny --cfg job         # the composed recipe (--cfg all: with hydra's node)
+    python launch/pretrain.py --help                          # groups (recipe, stage) and every option
+    python launch/pretrain.py -m +recipe=tiny train.seed=1,2  # a sweep: run.dir/0, run.dir/1, one after another
 """
-import sys
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-from omegaconf import OmegaConf
+from recipes import schema
+from recipes.compose import app_config, build_recipe
+from train.errors import run_hydra_app, user_errors_reported
 
-from recipes.compose import build_recipe, compose_config
-from train.errors import user_errors_reported
 
-
-def main(argv) -> None:
+@hydra.main(config_path="../recipes", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
     with user_errors_reported(extra=(ValueError,)):  # schema fields raise ValueError when they are built
-        cfg = compose_config(argv)
+        cfg = app_config(cfg)
         recipe = build_recipe(cfg)  # data rules are reported by the validator with the others
     from train.distributed import set_launch_environment
     from train.loop import run
@@ -26,4 +31,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    schema.register()
+    run_hydra_app(main)

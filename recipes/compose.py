@@ -1,8 +1,8 @@
-"""Compose a recipe with Hydra's Compose API from command-line style overrides: launch/pretrain.py, launch/convert.py,
-deploy/k8s.py, the tests and bench do; launch/plan.py composes the same tree (recipes/config.yaml) through
-@hydra.main. Either way the typed Recipe comes from build_recipe / to_recipe here."""
+"""Compose a recipe as the entry points do: `compose_config` outside @hydra.main (tests, tools), `app_config`
+inside it (launch/pretrain.py, launch/plan.py), then `build_recipe` / `to_recipe` for the typed Recipe."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,6 +21,23 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
     schema.register()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def app_config(cfg: DictConfig) -> DictConfig:
+    """The config @hydra.main hands an entry point, for this job. Under --multirun each point of the sweep gets
+    its own run directory, Hydra's job directory (config.yaml: run.dir/<job number>), so points neither share
+    nor resume each other's checkpoints. A sweep inside torchrun is refused: every rank would run the whole
+    sweep and its points would meet in one process group."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    job = HydraConfig.get()
+    if job.mode == RunMode.MULTIRUN:
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            raise ValueError("-m/--multirun inside torchrun: launch one torchrun per point of the sweep instead "
+                             "(a sweep runs its points one after another in one process)")
+        cfg.run.dir = job.runtime.output_dir
+    return cfg
 
 
 def build_recipe(cfg: DictConfig) -> schema.Recipe:

@@ -43,6 +43,14 @@ def baseline(work):
     return run_dir
 
 
+def test_checkpoints_record_the_tokenizer(baseline):
+    from data.tokenizer import QWEN_FINGERPRINT, VOCAB_SIZE
+    from train.checkpoint import recorded_tokenizer
+
+    latest = baseline / "checkpoints" / (baseline / "checkpoints" / "latest").read_text().strip()
+    assert recorded_tokenizer(latest) == {"name": "qwen2.5", "vocab_size": VOCAB_SIZE, "fingerprint": QWEN_FINGERPRINT}
+
+
 def test_sigkill_then_restart_reproduces_every_later_loss_bit_for_bit(work, baseline):
     root, prefix = work
     run_dir = root / "killed"
@@ -57,6 +65,8 @@ def test_sigkill_then_restart_reproduces_every_later_loss_bit_for_bit(work, base
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     assert STEPS not in train_losses(run_dir), "the run finished before it could be killed"
     completed = _ok(run_pretrain(2, _overrides(run_dir, prefix)))
+    # the killed run's lock on the run dir (train.run_lock) is taken over: its pid is gone
+    assert f"{run_dir / 'run.lock'}: taking over from host" in completed.stderr, completed.stderr[-3000:]
     resumed_step = int(latest.split("_")[1])
     # A resume, not a fresh start with the same seed: the restart names the checkpoint and step it loaded.
     assert f"resumed from {run_dir / 'checkpoints' / latest} at step {resumed_step}" in completed.stderr, \

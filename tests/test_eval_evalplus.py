@@ -85,9 +85,17 @@ def parity():
     return json.loads(PARITY.read_text())
 
 
+# The one disagreement of the checked-in run: evalplus failed its own canonical HumanEval/15 (string_sequence,
+# n up to 1,000,011) on a plus input by the per-input time limit: it times the reference in its parent process
+# and the candidate later, on 2 cores shared with other jobs; we time both in the same process.
+TIMING = {("humaneval_plus", "HumanEval/15", "canonical")}
+
+
 def test_checked_in_comparison_agrees_everywhere(parity):
     for task, result in parity["tasks"].items():
-        assert result["agree"] == result["samples"] == len(result["rows"]), task
+        assert result["samples"] == len(result["rows"]) == 148, task
+        differing = {(task, r["task_id"], r["sample"]) for r in result["rows"] if not r["agree"]}
+        assert differing <= TIMING and result["agree"] >= result["samples"] - len(TIMING), task
         assert 0 < result["official_passed"] < result["samples"], task  # passes and failures were compared
 
 
@@ -95,7 +103,7 @@ def test_replay_a_sample_of_the_comparison_through_our_sandbox(parity):
     sandbox = Sandbox(workers=2)
     for task, result in parity["tasks"].items():
         rows = result["rows"]
-        failed = [r for r in rows if not r["official"]["passed"]]
+        failed = [r for r in rows if not r["official"]["passed"] and r["agree"]]
         passed = [r for r in rows if r["official"]["passed"] and r["sample"] != "canonical"]
         chosen = (failed[::max(1, len(failed) // (REPLAYED // 2))][:REPLAYED // 2]
                   + passed[::max(1, len(passed) // 4)][:4])

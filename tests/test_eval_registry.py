@@ -3,6 +3,7 @@ the task modules; the help lists them; every answer format scores; bad arguments
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,15 @@ def test_unknown_completion_ids_are_an_error_that_lists_them(tmp_path):
     assert "HumanEvl/0, HumanEvl/1" in completed.stderr and " ..." in completed.stderr
     good = write(tmp_path / "good.jsonl", [{"task_id": "HumanEval/0", "completion": "    return 1\n"}])
     assert evaluate("--completions", str(good), "--tasks", "humaneval", "--limit", "1").returncode == 0  # control
+
+
+def test_output_directly_in_tmp_works():
+    """An --output file in /tmp itself: /tmp was hidden from programs, which broke their private /tmp and made
+    the sandbox probe fail with "the kernel refused to set up the sandbox"."""
+    output = Path("/tmp") / f"evaluate-test-{os.getpid()}.jsonl"
+    try:
+        completed = evaluate("--oracle", "--tasks", "humaneval", "--limit", "1", "--output", str(output))
+        assert completed.returncode == 0, completed.stderr
+        assert json.loads(output.read_text())["passed"] is True
+    finally:
+        output.unlink(missing_ok=True)

@@ -216,6 +216,22 @@ def test_cli_writes_a_manifest_or_fails_without_one(tmp_path, capsys):
     assert not bad.exists() and "[tp-heads]" in capsys.readouterr().err
 
 
+def test_layout_the_planner_says_does_not_fit_is_refused(tmp_path, capsys):
+    from launch.k8s import main
+    from recipes.planner import make_plan
+
+    out = tmp_path / "job.yaml"
+    args = ["+recipe=32b", "--image", "img", "--pvc", "runs", "parallel.tp=2", "-o", str(out)]
+    plan = make_plan(k8s.compose_recipe(["+recipe=32b", "parallel.tp=2"]))  # what launch/plan.py prints
+    assert not plan.fits and (round(plan.memory_gib_per_gpu, 1), plan.gpu_memory_gib) == (141.7, 79.2)
+    assert main(args) == 1 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: qwen-32b-file does not fit: the planner puts pp stage 0 at 141.7 of 79.2 GiB per "
+                          "h100 (tp=2 pp=2 cp=1 dp=4") and "--allow-unfit" in err and len(err.splitlines()) == 1, err
+    assert main([*args, "--allow-unfit"]) == 0 and k8s.manifest_world_size(yaml.safe_load(out.read_text())) == 16
+    assert make_plan(k8s.compose_recipe(["+recipe=32b"])).fits  # negative control: the shipped layout is written
+
+
 def test_cli_mixes_options_and_overrides_in_any_order(tmp_path):
     """README's command: an override (data.sources=...) between options, and an option after it."""
     from launch.k8s import main

@@ -18,6 +18,10 @@ the split, the sequence length and FIM. A checkpoint records these (`data_order`
 changes any of them would silently repeat some samples and skip others, so it stops with the differences
 unless checkpoint.allow_data_order_change=true. The layout (TP/PP/CP/DP) is not part of it: the loaders
 serve the same global batches at any DP size.
+
+Tokenizer: a checkpoint records data.tokenizer's identity (name, vocab size, fingerprint; data.tokenizer
+.tokenizer_identity), the ids its embedding rows were trained on. recorded_tokenizer() reads it back for the
+HF export and evaluation, which would otherwise pair the weights with the Qwen2.5 tokenizer without a word.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.validation import StrictHandling
 from megatron.core.utils import unwrap_model
 from torch.distributed.checkpoint.api import CheckpointException
+
+from data.tokenizer import tokenizer_identity
 
 LATEST = "latest"
 # torch.distributed.checkpoint reports a corrupt shard file as CheckpointException, a BaseException.
@@ -94,6 +100,12 @@ def check_data_order(directory: Path, saved: Optional[dict], recipe) -> None:
         "checkpoint.allow_data_order_change=true to accept it, or start a new run dir from its weights only "
         f"(checkpoint.load={directory})."
     )
+
+
+def recorded_tokenizer(checkpoint_dir) -> Optional[dict]:
+    """{name, vocab_size, fingerprint} of the tokenizer a training checkpoint was trained with; None for a
+    checkpoint that records none (a Hugging Face import, or one saved before tokenizers were recorded)."""
+    return dist_checkpointing.load_common_state_dict(str(checkpoint_dir)).get("tokenizer")
 
 
 @dataclass
@@ -272,6 +284,7 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.metadata = {"distrib_optim_sharding_type": SHARDING_TYPES[reshardable_optimizer]}
         self.resumed_from: Optional[Path] = None
+        self._tokenizer_identity: Optional[dict] = None
         if torch.distributed.get_rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob("*.tmp"):
@@ -295,6 +308,7 @@ class CheckpointManager:
             scheduler=trainer.scheduler.state_dict(),
             training=dict(step=state.step, consumed_samples=state.consumed_samples),
             data_order=data_order(trainer.recipe),
+            tokenizer=self._tokenizer(trainer.recipe.data.tokenizer),
             recipe=recipe_dict,
         )
         dist_checkpointing.save(sharded, str(staging), content_metadata=self.metadata)
@@ -309,6 +323,11 @@ class CheckpointManager:
             self._prune(keep=name)
         torch.distributed.barrier()
         return final
+
+    def _tokenizer(self, spec: str) -> dict:
+        if self._tokenizer_identity is None:  # a tokenizer directory takes ~1-3 s to load: once per run
+            self._tokenizer_identity = tokenizer_identity(spec)
+        return self._tokenizer_identity
 
     def _prune(self, keep: str) -> None:
         complete = sorted(p for p in self.root.glob("step_*") if not p.name.endswith(".tmp"))

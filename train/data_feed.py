@@ -1,8 +1,8 @@
 """Micro-batches for the trainer: this data-parallel rank's share of each global batch, resumable.
 
 Every rank of a data-parallel replica (its TP, PP and CP peers) reads the same micro-batches; context
-parallelism slices them later (train.objectives.lm.forward_step). With virtual pipeline stages each model chunk gets
-its own iterator over the same sequence, because megatron's interleaved schedule pulls per chunk.
+parallelism slices them later (train.objectives.lm.forward_step). With virtual pipeline stages each model chunk
+gets its own iterator over the same sequence, because megatron's interleaved schedule pulls per chunk.
 Samples are addressed by index: global batch b holds samples [b*G, (b+1)*G), so resuming at a consumed-sample
 count continues with exactly the samples an uninterrupted run would have seen, for any DP size.
 The stage's objective (train.objectives) builds the datasets: blended .bin/.idx sources (data.datasets), ChatML

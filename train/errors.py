@@ -1,9 +1,11 @@
 """Errors a user causes end a run with one message: printed once (global rank 0), no traceback, exit status 2.
 
 A user error is one the command line or the files it names can fix: the recipe (Hydra composition, schema
-values, layout rules), data sources, checkpoint paths. Each already says what is wrong and how to fix it, so a
-traceback adds ~40 lines of noise per rank and hides the message. Anything else is a bug and keeps its
-traceback; HYDRA_FULL_ERROR=1 (Hydra's own switch) re-raises user errors too.
+values, layout rules), data sources (data.strict's malformed lines too), checkpoint paths, a run directory
+another live run holds. Each already says what is wrong and how to fix it, so a traceback adds ~40 lines of
+noise per rank and hides the message. Anything else is a bug and keeps its traceback; HYDRA_FULL_ERROR=1
+(Hydra's own switch) re-raises user errors too. An entry point run by @hydra.main goes through run_hydra_app, so
+Hydra's composition errors (an unknown key or recipe) end the same way.
 
 Under torchrun, any worker exiting non-zero makes the launcher print a ChildFailedError report with its own
 traceback (33 lines for 2 ranks, torch 2.13) after our message, and torchrun has no switch to silence it. So
@@ -23,18 +25,24 @@ import os
 import signal
 import sys
 import time
+from typing import Callable
 
 import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from data.datasets import DataValidationError
+from data.report import BadInputError
 from recipes.validate import RecipeError
 from train.checkpoint import CheckpointError
+from train.run_lock import RunLockedError
 
-USER_ERRORS = (HydraException, OmegaConfBaseException, RecipeError, DataValidationError, CheckpointError)
+USER_ERRORS = (HydraException, OmegaConfBaseException, RecipeError, DataValidationError, BadInputError,
+               CheckpointError, RunLockedError)
 EXIT_STATUS = 2
 _GRACE_SECONDS = 2.0  # time for local rank 0 to stop the launcher before the other ranks exit
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+_TRACEBACK_WANTED = os.environ.get(_FULL_ERROR) == "1"  # the user's choice, before run_hydra_app sets it for Hydra
 
 
 def _launcher_pid():
@@ -73,6 +81,19 @@ def user_errors_reported(extra=()):
     try:
         yield
     except (*USER_ERRORS, *extra) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if _TRACEBACK_WANTED:
             raise
         exit_with(error)
+
+
+def run_hydra_app(main: Callable[[], None]) -> None:
+    """Run a @hydra.main entry point (argv from sys.argv) with its composition errors reported as above; the
+    entry's own function reports the errors it raises itself (user_errors_reported), before Hydra's job runner
+    would add an "Error executing job" line.
+
+    Hydra reports a composition error itself (several lines, exit status 1) unless HYDRA_FULL_ERROR=1, with which
+    it re-raises: so it is set for Hydra, and the user's own setting still decides whether we show a traceback.
+    """
+    os.environ[_FULL_ERROR] = "1"
+    with user_errors_reported():
+        main()

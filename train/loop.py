@@ -21,6 +21,7 @@ from train.checkpoint import CheckpointManager, TrainingState, latest_checkpoint
 from train.data_feed import DataFeed, check_sources
 from train.distributed import init_process_group
 from train.metrics import MetricsLogger
+from train.run_lock import acquire_on_rank0
 from train.trainer import Trainer
 
 log = logging.getLogger("train")
@@ -53,6 +54,7 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     if torch.distributed.get_world_size() != world_size:
         raise RuntimeError(f"the process group has {torch.distributed.get_world_size()} ranks but WORLD_SIZE said "
                            f"{world_size}; launch with torchrun --nproc_per_node/--nnodes")
+    acquire_on_rank0(run_dir)  # one run per directory (train.run_lock); held until this process exits
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir)
 

@@ -98,7 +98,8 @@ class NextToken(Objective):
         """The sources' .idx headers."""
         vocab_size = self.recipe.model_shape().vocab_size
         for source in self.recipe.data.sources:
-            summarize_source(source.name, source.prefix, self.recipe.data.split, vocab_size)
+            summarize_source(source.name, source.prefix, self.recipe.data.split, vocab_size,
+                             self.recipe.data.tokenizer)
 
     def build_datasets(self, **sizes):
         return build_pretrain_datasets(self.recipe.data, **sizes)
