@@ -1,5 +1,6 @@
-"""Full oracle of the evaluation tasks that have reference answers (default: humaneval, humaneval_fim,
-humaneval_plus, mbpp, mbpp_plus: 164 + 1,033 + 164 + 378 + 378 programs) and the cost of the sandbox: the same
+"""Full oracle of the evaluation tasks that have reference answers (default: humaneval, fim_singleline,
+humaneval_plus, mbpp, mbpp_plus, cruxeval_input_cot, cruxeval_output_cot: 164 + 1,033 + 164 + 378 + 378 + 2 x 800
+programs; add hm_fim, 4,792 exact matches, when $HM_FIM_DATA names its file) and the cost of the sandbox: the same
 programs through evaluation.sandbox with namespaces, and (with --baseline) without them (unsafe mode: same
 interpreter, limits and workers), in the same run.
 
@@ -14,7 +15,7 @@ from evaluation.harness import score, summarize
 from evaluation.sandbox import Sandbox
 from evaluation.tasks import expand, get, load_tasks
 
-TASKS = "humaneval,humaneval_fim,humaneval_plus,mbpp,mbpp_plus"
+TASKS = "humaneval,fim_singleline,humaneval_plus,mbpp,mbpp_plus,cruxeval_input_cot,cruxeval_output_cot"
 
 
 def run(tasks: str, sandbox: Sandbox) -> tuple[list, float]:

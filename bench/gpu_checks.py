@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from gpu_helpers import build_on_gpu, compare_logits, compose_recipe, gpu_card, init_world, synthetic_batches
+
 REPO = Path(__file__).resolve().parents[1]
 FP32_REL, BF16_REL, BF16_TOP1 = 1e-5, 4e-2, 0.95
 FP8_LOSS_REL = 0.02
@@ -63,54 +65,13 @@ def check_install() -> dict:
     return {"passed": cuda_torch(), "steps": steps, "seconds_total": round(time.perf_counter() - started, 1)}
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-def _world():
-    from train.distributed import init_model_parallel
-
-    init_model_parallel()
-
-
-def _recipe(*overrides: str):
-    from recipes.compose import compose_config, to_recipe
-
-    return to_recipe(compose_config(list(overrides)))
-
-
-def _build(shape, impl: str, dtype):
-    """GPTModel on the GPU in `dtype`, weights uninitialised (every caller loads them)."""
-    from model.build import build_gpt_model
-    from model.config import transformer_config
-
-    config = transformer_config(shape, use_te=impl == "transformer_engine", params_dtype=dtype,
-                                perform_initialization=False)
-    return build_gpt_model(shape, config, transformer_impl=impl, max_sequence_length=256).cuda().eval()
-
-
-def _compare(ours, reference) -> dict:
-    diff = (ours.float() - reference.float()).abs().max().item()
-    top1 = (ours.argmax(-1) == reference.argmax(-1)).float().mean().item()
-    return {"max_abs": diff, "rel_to_max_logit": diff / reference.float().abs().max().item(), "top1_agree": top1}
-
-
-def _card():
-    import torch
-
-    from recipes.gpus import GPUS
-
-    name = torch.cuda.get_device_name().lower()
-    for key in sorted(GPUS, key=len, reverse=True):
-        if key in name:
-            return GPUS[key]
-    return GPUS["h100"]
-
-
 # ---------------------------------------------------------------------------------------------- settings
 def check_settings() -> dict:
     import torch
 
     from train.distributed import set_launch_environment
 
-    recipe = _recipe("+recipe=7b", "stage=repo")  # TP2 CP4: the launcher must set the variable
+    recipe = compose_recipe("+recipe=7b", "stage=repo")  # TP2 CP4: the launcher must set the variable
     os.environ.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
     initialised_before = torch.cuda.is_initialized()
     set_launch_environment(recipe)
@@ -121,12 +82,12 @@ def check_settings() -> dict:
     from train.megatron_args import transformer_runtime_kwargs
     from train.objectives.lm import forward_step
 
-    _world()
+    init_world()
     shape = get_shape("tiny", vocab_size=256)
     out["apex_fused_wgrad"] = grad_accumulation_fusion_available()
     out["te_grad_accumulation_fusion"] = transformer_config(shape, use_te=True).gradient_accumulation_fusion
     out["cp_comm_type"] = transformer_runtime_kwargs(recipe)["cp_comm_type"]
-    model = _build(shape, "local", torch.float32)
+    model = build_on_gpu(shape, "local", torch.float32)
     batch = dict(tokens=torch.zeros(1, 32, dtype=torch.long), labels=torch.zeros(1, 32, dtype=torch.long),
                  loss_mask=torch.ones(1, 32), position_ids=torch.arange(32)[None])
     loss, _ = forward_step(iter([{k: v.pin_memory() for k, v in batch.items()}]), model)
@@ -147,7 +108,7 @@ def check_te_numerics() -> dict:
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    _world()
+    init_world()
     out, passed = {}, True
     for name, shape in (("7b-untied-2L", get_shape("7b", num_layers=2)), ("0.5b-tied-2L", get_shape("0.5b", num_layers=2))):
         hf = random_hf_model(shape, seed=0).cuda()
@@ -158,29 +119,79 @@ def check_te_numerics() -> dict:
                 reference = hf.to(dtype)(tokens).logits  # eager attention (tests.hf_reference)
                 logits = {}
                 for impl in ("transformer_engine", "local"):
-                    model = _build(shape, impl, dtype)
+                    model = build_on_gpu(shape, impl, dtype)
                     load_into_megatron(model, hf_to_megatron({k: v.to(dtype) for k, v in state.items()}, shape,
                                                              te_names=impl == "transformer_engine"))
                     logits[impl] = model(tokens, positions, None)
                     del model
             for impl, value in logits.items():
-                figures = _compare(value, reference)
+                figures = compare_logits(value, reference)
                 ok = figures["rel_to_max_logit"] <= (FP32_REL if dtype == torch.float32 else BF16_REL)
                 ok &= dtype == torch.float32 or figures["top1_agree"] >= BF16_TOP1
                 out[f"{name}/{label}/{impl}_vs_transformers"] = {**figures, "ok": ok}
                 passed &= ok
-            out[f"{name}/{label}/te_vs_local"] = _compare(logits["transformer_engine"], logits["local"])
+            out[f"{name}/{label}/te_vs_local"] = compare_logits(logits["transformer_engine"], logits["local"])
             torch.cuda.empty_cache()
         hf = hf.float()
         # negative control: another seed's weights must be far off, or the comparison could not fail
         other = random_hf_model(shape, seed=1).cuda()
         with torch.no_grad():
-            control = _compare(other(tokens).logits, hf(tokens).logits)
+            control = compare_logits(other(tokens).logits, hf(tokens).logits)
         out[f"{name}/negative_control_other_weights"] = control
         passed &= control["rel_to_max_logit"] > 1e-2
         del hf, other
         torch.cuda.empty_cache()
-    out["passed"] = passed
+    out["yarn_packed"] = _yarn_packed_case()
+    out["passed"] = passed and out["yarn_packed"]["ok"]
+    return out
+
+
+def _yarn_packed_case() -> dict:
+    """YaRN x4 on a packed (THD) row of two documents, TE spec, bf16: logits equal transformers' run on each
+    document alone. megatron-core 0.16.1's fused THD RoPE drops YaRN's mscale (1.139 at factor 4, so attention
+    logits x1.30), which is why model.config turns RoPE fusion off under YaRN; the control forces it back on and
+    must miss the reference by more than the tolerance, or the comparison could not see the defect."""
+    import torch
+
+    from hf_interop.names import hf_to_megatron, load_into_megatron
+    from model.build import build_gpt_model
+    from model.config import transformer_config
+    from model.shapes import YarnScaling, get_shape
+    from tests.hf_reference import random_hf_model
+    from train.trainer import pack_micro_batch
+
+    shape, yarn, lengths = get_shape("0.5b", num_layers=2, vocab_size=1024), YarnScaling(factor=4.0), (48, 80)
+    hf = random_hf_model(shape, seed=0, yarn=yarn)
+    with torch.no_grad():  # sharp attention: with the 0.02-std init scores are ~0 and no temperature shows
+        for layer in hf.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    hf = hf.cuda().to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    documents = [torch.randint(0, shape.vocab_size, (1, n), generator=generator).cuda() for n in lengths]
+    batch = {"tokens": torch.cat(documents, 1),
+             "position_ids": torch.cat([torch.arange(n) for n in lengths])[None].cuda()}
+    packed, params = pack_micro_batch(batch)
+    with torch.no_grad():
+        reference = torch.cat([hf(document).logits for document in documents], 1)
+    state = hf_to_megatron(hf.state_dict(), shape, te_names=True)
+    out = {}
+    for label, fused in (("te_packed", None), ("control_fused_rope", True)):
+        config = transformer_config(shape, use_te=True, yarn=yarn, params_dtype=torch.bfloat16,
+                                    perform_initialization=False)
+        if fused is not None:
+            config.apply_rope_fusion = fused  # the old setting: apply_rope_fusion=use_te
+        model = build_gpt_model(shape, config, transformer_impl="transformer_engine", max_sequence_length=256,
+                                yarn=yarn).cuda().eval()
+        load_into_megatron(model, state)
+        with torch.no_grad():
+            logits = model(packed["tokens"], packed["position_ids"], None, packed_seq_params=params)
+        out[label] = compare_logits(logits, reference)
+        del model
+    close = out["te_packed"]["rel_to_max_logit"] <= BF16_REL and out["te_packed"]["top1_agree"] >= BF16_TOP1
+    control_caught = out["control_fused_rope"]["rel_to_max_logit"] > BF16_REL
+    out.update(apply_rope_fusion=transformer_config(shape, use_te=True, yarn=yarn).apply_rope_fusion,
+               control_caught=control_caught, ok=close and control_caught)
     return out
 
 
@@ -203,12 +214,12 @@ def check_hf_te() -> dict:
                           cwd=REPO, capture_output=True, text=True)
     if done.returncode:
         return {"passed": False, "error": "import failed", "log": done.stderr[-3000:]}
-    _world()
-    model = _build(shape, "transformer_engine", torch.float32)
+    init_world()
+    model = build_on_gpu(shape, "transformer_engine", torch.float32)
     load_weights([SimpleNamespace(module=model)], work / "mcore")
     tokens, positions = random_tokens(shape, 2, 128, device="cuda")
     with torch.no_grad():
-        figures = _compare(model(tokens, positions, None), hf.cuda()(tokens).logits)
+        figures = compare_logits(model(tokens, positions, None), hf.cuda()(tokens).logits)
     exported = megatron_to_hf({k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")},
                               shape, te_names=True)
     source = hf.state_dict()
@@ -218,30 +229,12 @@ def check_hf_te() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _synthetic_batches(vocab: int, seq: int, micro: int, count: int, seed: int):
-    """Learnable token streams: x[t+1] = (5 x[t] + 3) mod 4096 with 10 % random tokens (loss falls fast)."""
-    import torch
-
-    generator, period = torch.Generator().manual_seed(seed), min(4096, vocab)
-    out = []
-    for _ in range(count):
-        x = torch.empty(micro, seq + 1, dtype=torch.long)
-        x[:, 0] = torch.randint(0, period, (micro,), generator=generator)
-        for t in range(seq):
-            x[:, t + 1] = (5 * x[:, t] + 3) % period
-        noise = torch.rand(micro, seq + 1, generator=generator) < 0.1
-        x[noise] = torch.randint(0, vocab, (int(noise.sum()),), generator=generator)
-        out.append(dict(tokens=x[:, :-1].contiguous(), labels=x[:, 1:].contiguous(), loss_mask=torch.ones(micro, seq),
-                        position_ids=torch.arange(seq).expand(micro, seq).contiguous()))
-    return out
-
-
 def _train(overrides: list[str], batches, steps: int) -> list[float]:
     import torch
 
     from train.trainer import Trainer
 
-    trainer = Trainer(_recipe(*overrides))
+    trainer = Trainer(compose_recipe(*overrides))
     losses = []
     for step in range(steps):
         result = trainer.train_step(step + 1, [iter([batches[step]]) for _ in trainer.model])
@@ -260,9 +253,9 @@ def check_train_fp8() -> dict:
             f"train.seq_length={seq}", f"train.micro_batch_size={micro}", f"train.global_batch_size={micro}",
             f"train.train_iters={STEPS}", "optimizer.lr=1e-3", "optimizer.warmup_iters=5",
             "parallel.overlap_grad_reduce=false", "parallel.overlap_param_gather=false"]
-    batches = _synthetic_batches(151936, seq, micro, STEPS, seed=0)
+    batches = synthetic_batches(151936, seq, micro, STEPS, seed=0)
     runs = {"bf16": _train(base, batches, STEPS)}
-    card, te = _card(), installed_transformer_engine() or (0, 0)
+    card, te = gpu_card(), installed_transformer_engine() or (0, 0)
     out = {"te_version": te, "card": card.name}
     for recipe in ("delayed", "tensorwise", "blockwise"):
         if card.compute_capability < FP8_RECIPE_MIN_CAPABILITY[recipe] or te < FP8_RECIPE_MIN_TE.get(recipe, (0, 0)):
@@ -313,13 +306,13 @@ def _megatron_case(size: str, seq: int, fp8: bool) -> dict:
                  f"train.seq_length={seq}", "train.micro_batch_size=1", "train.global_batch_size=1",
                  "parallel.tp=1", "parallel.sp=false", "parallel.pp=1", "parallel.cp=1", "train.recompute=none",
                  "parallel.overlap_grad_reduce=false", "parallel.overlap_param_gather=false", "run.nodes=1",
-                 "run.gpus_per_node=1", f"run.gpu={_card().name}"]
+                 "run.gpus_per_node=1", f"run.gpu={gpu_card().name}"]
     if fp8:
         overrides += ["precision.fp8=hybrid", "precision.fp8_recipe=delayed"]
-    recipe = _recipe(*overrides)
+    recipe = compose_recipe(*overrides)
     torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(recipe)
-    batch = _synthetic_batches(trainer.shape.vocab_size, seq, 1, 1, seed=1)[0]
+    batch = synthetic_batches(trainer.shape.vocab_size, seq, 1, 1, seed=1)[0]
     counter = iter(range(1, 10**6))
     seconds = _time_steps(lambda: trainer.train_step(next(counter), [iter([batch]) for _ in trainer.model]))
     peak = torch.cuda.max_memory_allocated()
@@ -329,7 +322,7 @@ def _megatron_case(size: str, seq: int, fp8: bool) -> dict:
     trainer = None  # frees the GPU memory before the next case
     torch.cuda.empty_cache()
     gib = 1024 ** 3
-    return {"tokens_per_s": round(tokens_per_s), "tflops": round(tflops, 1), "mfu": round(tflops / _card().peak_bf16_tflops, 4),
+    return {"tokens_per_s": round(tokens_per_s), "tflops": round(tflops, 1), "mfu": round(tflops / gpu_card().peak_bf16_tflops, 4),
             "peak_alloc_gib": round(peak / gib, 2), "planner_gib": round(planned.total / gib, 2),
             "planner_gib_without_allowance": round((planned.total - planned.allowance) / gib, 2),
             "measured_over_planned": round(peak / max(planned.total - planned.allowance, 1), 3)}
@@ -350,7 +343,7 @@ def _transformers_case(size: str, seq: int) -> dict:
     with torch.device("cuda"):
         model = Qwen2ForCausalLM(config).to(torch.bfloat16).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    batch = _synthetic_batches(shape.vocab_size, seq, 1, 1, seed=1)[0]
+    batch = synthetic_batches(shape.vocab_size, seq, 1, 1, seed=1)[0]
     tokens, labels = batch["tokens"].cuda(), batch["labels"].cuda()
 
     def step():
@@ -366,12 +359,12 @@ def _transformers_case(size: str, seq: int) -> dict:
     tokens_per_s = seq / seconds
     tflops = achieved_tflops(tokens_per_s, shape, seq)
     return {"tokens_per_s": round(tokens_per_s), "tflops": round(tflops, 1),
-            "mfu": round(tflops / _card().peak_bf16_tflops, 4), "peak_alloc_gib": round(peak / 1024 ** 3, 2)}
+            "mfu": round(tflops / gpu_card().peak_bf16_tflops, 4), "peak_alloc_gib": round(peak / 1024 ** 3, 2)}
 
 
 def check_throughput() -> dict:
-    _world()
-    seq, out = 8192, {"seq_length": 8192, "micro_batch": 1, "peak_tflops_bf16": _card().peak_bf16_tflops}
+    init_world()
+    seq, out = 8192, {"seq_length": 8192, "micro_batch": 1, "peak_tflops_bf16": gpu_card().peak_bf16_tflops}
     for size in ("0.5b", "1.5b", "3b"):
         case = {}
         for label, run in (("transformers_sdpa_bf16", lambda: _transformers_case(size, seq)),
@@ -416,11 +409,11 @@ def overlap_worker(out: Path) -> None:
 
     world, result = int(os.environ["WORLD_SIZE"]), {}
     for on in (False, True):
-        recipe = _recipe("+recipe=0.5b", "model.num_layers=8", "model.transformer_impl=transformer_engine",
+        recipe = compose_recipe("+recipe=0.5b", "model.num_layers=8", "model.transformer_impl=transformer_engine",
                          "train.seq_length=4096", "train.micro_batch_size=1", f"train.global_batch_size={world}",
                          f"parallel.overlap_grad_reduce={on}", f"parallel.overlap_param_gather={on}")
         trainer = Trainer(recipe)
-        batch = _synthetic_batches(trainer.shape.vocab_size, 4096, 1, 1, seed=torch.distributed.get_rank())[0]
+        batch = synthetic_batches(trainer.shape.vocab_size, 4096, 1, 1, seed=torch.distributed.get_rank())[0]
         counter = iter(range(1, 10**6))
         result[f"overlap_{'on' if on else 'off'}_step_s"] = _time_steps(
             lambda: trainer.train_step(next(counter), [iter([batch]) for _ in trainer.model]), 3, 10)

@@ -10,8 +10,13 @@ each worker json.loads the line and encodes the text with Hugging Face `tokenize
 adds each document to megatron's IndexedDatasetBuilder. Megatron wraps the tokenizer in transformers'
 AutoTokenizer, which is slower still, so this baseline is the faster variant of the algorithm.
 
-Ours: `python data/prepare.py` on the same JSONL with flags that keep every line, same worker count.
-Both outputs must be byte-identical (.bin and .idx): identical ids, document for document.
+Ours, twice, same worker count:
+- plain: `python data/prepare.py --mode text` with flags that keep every line; its .bin and .idx must be
+  byte-identical to the baseline's: identical ids, document for document.
+- cleaned: `python data/prepare.py` with its defaults (file mode: size and line limits, exact and MinHash
+  near-duplicate removal, decontamination, quality rules); every document it keeps must equal the baseline's
+  document for the same line; the last line says whether it is still faster than the baseline.
+Then each cleaning step's cost on the same corpus, on one core in this process (CPU seconds per GB of text).
 Timings are END TO END: each path runs as its own process, timed from launch to exit, so interpreter start,
 imports (megatron.core and torch for the writer: ~3.4 s on 2 cores, which Megatron's tool pays too), pool and
 tokenizer loading are all included; with --repeats N the two paths alternate N times and each keeps its best.
@@ -113,14 +118,59 @@ def run_baseline(jsonl: Path, prefix: Path, tokenizer_json: Path, workers: int) 
                   "--workers", workers])
 
 
-def run_ours(jsonl: Path, prefix: Path, workers: int, backend: str) -> float:
-    elapsed = timed(["data/prepare.py", "--input", jsonl, "--output-prefix", prefix, "--mode", "text",
-                     "--workers", workers, "--tokenizer-backend", backend, "--max-bytes", 0, "--max-line-length", 0,
-                     "--no-dedupe", "--no-progress"])
+KEEP_EVERYTHING = ("--mode", "text", "--max-bytes", 0, "--max-line-length", 0, "--no-dedupe", "--no-near-dedup",
+                   "--no-decontaminate")
+
+
+def run_ours(jsonl: Path, prefix: Path, workers: int, backend: str, cleaning: bool) -> float:
+    elapsed = timed(["data/prepare.py", "--input", jsonl, "--output-prefix", prefix, "--workers", workers,
+                     "--tokenizer-backend", backend, "--no-progress", *(() if cleaning else KEEP_EVERYTHING)])
     skipped = json.loads(Path(f"{prefix}.report.json").read_text())["records"]["skipped"]
-    if skipped:
+    if skipped and not cleaning:
         raise AssertionError(f"our path skipped {skipped} records, outputs cannot be compared")
     return elapsed
+
+
+def check_cleaned_subset(cleaned: Path, baseline: Path) -> int:
+    """Every cleaned document equals the baseline's document of the same line, in order; returns their count."""
+    from data.pipeline import read_back
+
+    base = iter(read_back(baseline))
+    kept = read_back(cleaned)
+    for number, document in enumerate(kept):
+        if not any(np.array_equal(document, candidate) for candidate in base):
+            raise AssertionError(f"cleaned document {number} is not a baseline document in input order")
+    return len(kept)
+
+
+def cleaning_costs(jsonl: Path) -> dict:
+    """CPU seconds per GB of each cleaning step over the corpus texts, one core, against tokenizing them."""
+    from data.decontaminate import default_index
+    from data.languages import language_of
+    from data.near_dedup import NearDedupConfig, NearDuplicateIndex, signature
+    from data.quality import QualityConfig, check_quality
+    from data.tokenizer import load_tokenizer
+
+    records = [json.loads(line) for line in jsonl.open(encoding="utf-8")]
+    texts = [(r["text"], language_of(r["path"])) for r in records]
+    gigabytes = sum(len(text.encode("utf-8")) for text, _ in texts) / 1e9
+    near, quality, index, tok = NearDedupConfig(), QualityConfig(), default_index(), load_tokenizer()
+    signatures = []
+    lsh = NearDuplicateIndex(near)
+    steps = {
+        "quality rules": lambda: [check_quality(text, language, quality) for text, language in texts],
+        "decontamination (10-gram lookup)": lambda: [index.find(text) for text, _ in texts],
+        "near-dedup signatures (MinHash)": lambda: signatures.extend(signature(text, near) for text, _ in texts),
+        "near-dedup decisions (LSH, one process)": lambda: [lsh.check(values, str(n)) for n, values in
+                                                            enumerate(signatures)],
+        f"for scale: tokenizing ({tok.backend})": lambda: [tok.encode_array(text) for text, _ in texts],
+    }
+    costs = {}
+    for name, step in steps.items():
+        start = time.process_time()
+        step()
+        costs[name] = (time.process_time() - start) / gigabytes
+    return costs
 
 
 def main(argv=None) -> None:
@@ -148,9 +198,10 @@ def main(argv=None) -> None:
     hf_dir = export_hf_tokenizer(work / "hf_tokenizer")
     print(f"corpus: {docs} documents, {corpus.stat().st_size / 1e6:.1f} MB from {args.input}")
 
-    ours_s = base_s = float("inf")
+    ours_s = clean_s = base_s = float("inf")
     for _ in range(max(1, args.repeats)):
-        ours_s = min(ours_s, run_ours(corpus, work / "ours", args.workers, args.backend))
+        ours_s = min(ours_s, run_ours(corpus, work / "ours", args.workers, args.backend, cleaning=False))
+        clean_s = min(clean_s, run_ours(corpus, work / "cleaned", args.workers, args.backend, cleaning=True))
         base_s = min(base_s, run_baseline(corpus, work / "baseline", hf_dir / "tokenizer.json", args.workers))
     for suffix in (".bin", ".idx"):
         a, b = Path(f"{work}/ours{suffix}").read_bytes(), Path(f"{work}/baseline{suffix}").read_bytes()
@@ -166,6 +217,16 @@ def main(argv=None) -> None:
     print(f"baseline (HF tokenizers per document): {base_s:6.2f} s  {base_rate / 1e6:6.2f} Mtok/s")
     print(f"ours     (data/prepare.py, {backend}):  {ours_s:6.2f} s  {ours_rate / 1e6:6.2f} Mtok/s")
     print(f"ratio: {ours_rate / base_rate:.1f}x")
+    kept = check_cleaned_subset(work / "cleaned", work / "baseline")
+    report = json.loads(Path(f"{work}/cleaned.report.json").read_text())
+    skipped = ", ".join(f"{k} {v['count']}" for k, v in report["skipped"].items()) or "none"
+    print(f"ours, cleaning on (defaults): {clean_s:6.2f} s, {kept} of {docs} documents kept (each equal to the "
+          f"baseline's), skipped: {skipped}")
+    print(f"ratio with cleaning on: {base_s / clean_s:.1f}x the baseline's speed (same input, launch to exit)")
+    print("cost per GB of text, one core (CPU seconds):")
+    for name, seconds in cleaning_costs(corpus).items():
+        print(f"  {name:42s} {seconds:7.1f} s/GB")
+    print(f"cleaning on, prepare is {'FASTER' if clean_s <= base_s else 'SLOWER'} than Megatron's tool")
 
 
 if __name__ == "__main__":

@@ -36,10 +36,12 @@ import numpy as np
 
 from data import filters
 from data.documents import Document, content_key, file_document, repo_documents
+from data.languages import language_of
+from data.near_dedup import Deduplicator, signature
 from data.report import REPORT_SUFFIX, BadInputError, Report, output_record
 from data.sources import (
     CONTENT_FIELDS, DEFAULT_EXCLUDE, LANGUAGE_FIELDS, PATH_FIELDS, FileUnit, RepoUnit, batched, first_str,
-    iter_units, language_of, list_inputs, parse_json_line, total_input_bytes, unit_weight,
+    iter_units, list_inputs, parse_json_line, select_shard, total_input_bytes, unit_weight,
 )
 from data.tokenizer import QWEN_SPECS, VOCAB_SIZE, Tokenizer, load_tokenizer, tokenizer_identity
 
@@ -62,6 +64,8 @@ class PrepareOptions:
     filters: filters.FilterConfig = field(default_factory=filters.FilterConfig)
     exclude: Tuple[str, ...] = DEFAULT_EXCLUDE  # glob patterns of directory/file names that are not inputs
     progress: bool = True  # tqdm bar on stderr
+    shard: Tuple[int, int] = (0, 1)  # (index, count): prepare only this contiguous share of the inputs (data/shards.py)
+    deduplicator: Optional[object] = None  # duplicate decisions made elsewhere (data/shards.py); None: here
 
 
 @dataclass
@@ -71,6 +75,7 @@ class UnitResult:
     documents: List[Document] = field(default_factory=list)
     skips: List[Tuple[str, str, str]] = field(default_factory=list)  # (reason, origin, detail)
     key: Optional[bytes] = None
+    signature: Optional[np.ndarray] = None  # MinHash signature for near-duplicate removal
     records: int = 0  # records inside `documents`
 
 
@@ -138,6 +143,8 @@ def process_unit(unit, options: PrepareOptions, tok: Tokenizer) -> UnitResult:
             result.records = len(kept)
             if options.filters.dedupe:
                 result.key = content_key(name, *[part for path, text, _, _ in kept for part in (path, text)])
+            if options.filters.near_dedup.enabled:
+                result.signature = signature("\n".join(text for _, text, _, _ in kept), options.filters.near_dedup)
         return result
     record = _read_record(unit, options)
     if len(record) == 3:
@@ -148,6 +155,8 @@ def process_unit(unit, options: PrepareOptions, tok: Tokenizer) -> UnitResult:
     result.records = 1
     if options.filters.dedupe:
         result.key = content_key(text)
+    if options.filters.near_dedup.enabled:
+        result.signature = signature(text, options.filters.near_dedup)
     return result
 
 
@@ -258,11 +267,15 @@ def prepare(options: PrepareOptions) -> Report:
         "tokenizer": options.tokenizer,
         "filters": asdict(options.filters),
         "exclude": list(options.exclude),
+        "shard": list(options.shard),
     }
     report = Report(**settings)
     content = _ContentHash()
-    batches = batched(iter_units(options.inputs, options.mode, options.exclude))
-    seen_keys: set = set()
+    units = iter_units(options.inputs, options.mode, options.exclude)
+    if options.shard != (0, 1):
+        units = select_shard(units, *options.shard, total_input_bytes(options.inputs, options.exclude))
+    batches = batched(units)
+    deduplicator = options.deduplicator or Deduplicator(options.filters.near_dedup)
     pool = progress = builder = None
     stopped = False
     try:
@@ -282,7 +295,7 @@ def prepare(options: PrepareOptions) -> Report:
         for weight, batch_results in results:
             builder = builder or open_builder()
             for result in batch_results:
-                _consume(result, builder, report, seen_keys, content)
+                _consume(result, builder, report, deduplicator, content)
             if progress is not None:
                 progress.update(weight)
             if options.strict and report.bad_input():
@@ -320,16 +333,17 @@ def prepare(options: PrepareOptions) -> Report:
     return report
 
 
-def _consume(result: UnitResult, builder, report: Report, seen_keys: set, content: _ContentHash) -> None:
+def _consume(result: UnitResult, builder, report: Report, deduplicator: Deduplicator,
+             content: _ContentHash) -> None:
     for reason, origin, detail in result.skips:
         report.add_skip(reason, origin, detail)
     if not result.documents:
         return
-    if result.key is not None:
-        if result.key in seen_keys:
-            report.add_skip("duplicate", result.documents[0].origin, "exact copy of an earlier record", result.records)
-            return
-        seen_keys.add(result.key)
+    duplicate = deduplicator.check(result.key, result.signature, result.documents[0].origin)
+    if duplicate is not None:
+        reason, detail = duplicate
+        report.add_skip(reason, result.documents[0].origin, detail, result.records)
+        return
     for document in result.documents:
         builder.add_document(document.tokens, [len(document.tokens)])
         content.add(document.tokens)

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 from data.filters import FilterConfig, parse_languages
+from data.near_dedup import NearDedupConfig
 from data.pipeline import PREPARE_MODES, PrepareOptions, prepare
+from data.quality import QualityConfig
 from data.report import BadInputError
 from data.sources import DEFAULT_EXCLUDE
 
@@ -32,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="drop files with a longer line (default 1000 for file/repo, off for text; 0: off)")
     p.add_argument("--no-dedupe", action="store_true", help="keep exact duplicates")
     p.add_argument("--languages", default=None, help="keep only these languages, e.g. python,c")
+    p.add_argument("--no-quality", action="store_true", help="keep generated, data-like and low-quality code")
+    p.add_argument("--no-decontaminate", action="store_true",
+                   help="keep documents sharing a 10-gram with an evaluation problem (HumanEval, GSM8K, ...)")
+    p.add_argument("--no-near-dedup", action="store_true", help="keep near-duplicates (MinHash LSH)")
+    p.add_argument("--near-dedup", nargs=3, type=float, default=(5, 256, 0.7), metavar=("SHINGLE", "PERMS", "JACCARD"),
+                   help="near-dedup settings: word tokens per shingle, MinHash permutations, Jaccard threshold "
+                        "(default StarCoder's: 5 256 0.7)")
     p.add_argument("--exclude", nargs="*", default=[], metavar="GLOB",
                    help="more directory/file names that are not inputs, on top of the defaults; 'NAME/' matches "
                         f"directories only (defaults: {' '.join(DEFAULT_EXCLUDE)})")
@@ -43,11 +52,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _options(a: argparse.Namespace) -> PrepareOptions:
     max_line = a.max_line_length if a.max_line_length is not None else (0 if a.mode == "text" else 1000)
+    shingle, perms, jaccard = a.near_dedup
+    near_dedup = NearDedupConfig(enabled=not a.no_near_dedup, shingle=int(shingle), num_perm=int(perms),
+                                 threshold=jaccard)
     return PrepareOptions(
         inputs=a.input, output_prefix=a.output_prefix, mode=a.mode, workers=a.workers, seed=a.seed,
         strict=a.strict, seq_length=a.seq_length, tokenizer=a.tokenizer, tokenizer_backend=a.tokenizer_backend,
         filters=FilterConfig(max_bytes=a.max_bytes, max_line_length=max_line, dedupe=not a.no_dedupe,
-                             languages=parse_languages(a.languages)),
+                             languages=parse_languages(a.languages), quality=QualityConfig(enabled=not a.no_quality),
+                             decontaminate=not a.no_decontaminate, near_dedup=near_dedup),
         exclude=(() if a.no_default_exclude else DEFAULT_EXCLUDE) + tuple(a.exclude), progress=not a.no_progress,
     )
 

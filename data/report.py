@@ -82,6 +82,9 @@ class Report:
     def add_skip(self, reason: str, origin: str, detail: str = "", count: int = 1) -> None:
         entry = self.skipped.setdefault(reason, {"count": 0, "examples": []})
         entry["count"] += count
+        if hasattr(detail, "group"):  # data.filters.GroupedDetail
+            groups = entry.setdefault(f"per_{detail.kind}", {})
+            groups[detail.group] = groups.get(detail.group, 0) + count
         if len(entry["examples"]) < MAX_EXAMPLES:
             entry["examples"].append(f"{origin}: {detail}" if detail else origin)
 

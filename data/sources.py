@@ -37,32 +37,6 @@ PATH_FIELDS = ("path", "max_stars_repo_path", "file_path", "filename")
 REPO_FIELDS = ("repo_name", "repo", "max_stars_repo_name")
 LANGUAGE_FIELDS = ("language", "lang")
 
-EXTENSION_LANGUAGES = {
-    ".py": "python", ".pyi": "python", ".pyx": "cython", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp",
-    ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp", ".cu": "cuda", ".cuh": "cuda", ".java": "java",
-    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript", ".ts": "typescript",
-    ".tsx": "typescript", ".go": "go", ".rs": "rust", ".rb": "ruby", ".php": "php", ".cs": "csharp",
-    ".kt": "kotlin", ".kts": "kotlin", ".swift": "swift", ".scala": "scala", ".sh": "shell", ".bash": "shell",
-    ".zsh": "shell", ".sql": "sql", ".lua": "lua", ".r": "r", ".jl": "julia", ".hs": "haskell", ".ml": "ocaml",
-    ".pl": "perl", ".pm": "perl", ".m": "objective-c", ".mm": "objective-c", ".dart": "dart", ".ex": "elixir",
-    ".exs": "elixir", ".erl": "erlang", ".clj": "clojure", ".f90": "fortran", ".f": "fortran", ".vb": "visual-basic",
-    ".ps1": "powershell", ".bat": "batch", ".cmake": "cmake", ".html": "html", ".htm": "html", ".css": "css",
-    ".scss": "css", ".vue": "vue", ".md": "markdown", ".rst": "restructuredtext", ".tex": "tex", ".json": "json",
-    ".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".xml": "xml", ".ini": "ini", ".cfg": "ini", ".txt": "text",
-    ".proto": "protobuf", ".ipynb": "jupyter", ".asm": "assembly", ".s": "assembly", ".v": "verilog",
-    ".sv": "verilog", ".vhd": "vhdl",
-}
-FILENAME_LANGUAGES = {"makefile": "makefile", "dockerfile": "dockerfile", "cmakelists.txt": "cmake"}
-
-
-def language_of(path: str, default: str = "other") -> str:
-    """Language from the file name's extension (lower-cased), e.g. 'a/b.PY' -> 'python'."""
-    name = os.path.basename(path).lower()
-    if name in FILENAME_LANGUAGES:
-        return FILENAME_LANGUAGES[name]
-    return EXTENSION_LANGUAGES.get(os.path.splitext(name)[1], default)
-
-
 @dataclass
 class FileUnit:
     """One file on disk: a document in file/text mode."""
@@ -239,3 +213,13 @@ def total_input_bytes(inputs: Sequence[Path], exclude: Sequence[str] = ()) -> in
         else:
             total += path.stat().st_size
     return total
+
+
+def select_shard(units: Iterator[object], index: int, count: int, total_bytes: int) -> Iterator[object]:
+    """The units of shard `index` of `count`: contiguous in input order, split by input bytes, so the shards'
+    outputs concatenated in index order are a one-machine run's."""
+    done = 0
+    for unit in units:
+        if min(count - 1, done * count // max(1, total_bytes)) == index:
+            yield unit
+        done += unit_weight(unit)

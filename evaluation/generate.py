@@ -182,6 +182,7 @@ def megatron_recipe(checkpoint: Path, world_size: int, pipeline: Optional[int] =
 
     from recipes.compose import to_recipe
     from recipes.schema import Recipe
+    from train.checkpoint import ROPE_BASE, UNRECORDED_ROPE_BASE
 
     common = dist_checkpointing.load_common_state_dict(str(checkpoint))
     stored = common.get("recipe") if isinstance(common, dict) else None
@@ -197,7 +198,8 @@ def megatron_recipe(checkpoint: Path, world_size: int, pipeline: Optional[int] =
         tp, pp = world_size, 1
     stored = OmegaConf.merge(OmegaConf.structured(Recipe), stored, {
         "parallel": dict(tp=tp, pp=pp, vpp=1, cp=1, sp=False, distributed_optimizer=False),
-        "train": dict(micro_batch_size=1, global_batch_size=1), "precision": dict(fp8=None)})
+        "train": dict(micro_batch_size=1, global_batch_size=1), "precision": dict(fp8=None),
+        "model": dict(rope_base=common.get(ROPE_BASE, UNRECORDED_ROPE_BASE))})  # the base the weights trained with
     return to_recipe(stored, world_size=world_size)
 
 

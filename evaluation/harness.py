@@ -99,11 +99,7 @@ def score(task: Union[str, Task], problems: List[Problem], answers: Dict[str, Un
 
 def summarize(task: Union[str, Task], rows: List[dict]) -> dict:
     task = get(task) if isinstance(task, str) else task
-    count = max(len(rows), 1)
-    summary = {"task": task.name, "language": task.language, "problems": len(rows)}
-    for metric in task.metrics:
-        field = "passed" if metric == "pass@1" else metric
-        summary[metric] = sum(r[field] for r in rows) / count
+    summary = {"task": task.name, "language": task.language, "problems": len(rows), **task.summary_metrics(rows)}
     summary["status"] = dict(Counter(r["status"] for r in rows))
     return summary
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_TASKS = "humaneval,humaneval_fim"
+DEFAULT_TASKS = "humaneval,fim_singleline"
 
 
 def positive(text: str) -> int:

@@ -43,6 +43,25 @@ def _apply_yarn(config: TransformerConfig, yarn: YarnScaling) -> None:
     config.yarn_correction_range_round_to_int = True
 
 
+def kernel_fusions(use_te: bool, yarn: Optional[YarnScaling]) -> dict:
+    """Fused kernels: torch fallbacks work everywhere; TE-only fusions only with TE.
+
+    RoPE fusion stays off under YaRN: megatron-core 0.16.1's fused packed-sequence (THD) branch
+    (models/common/embeddings/rope_utils.py) calls TE's fused kernel without YaRN's mscale (1.139 at factor 4),
+    so packed batches would silently lose the attention scaling; only its unpacked branch falls back to the
+    unfused rotation when mscale != 1. Off, both paths use the unfused rotation that applies it.
+    """
+    return dict(
+        bias_activation_fusion=use_te,
+        bias_dropout_fusion=use_te,
+        apply_rope_fusion=use_te and yarn is None,
+        masked_softmax_fusion=False,  # SDPA or TE attention do their own masking
+        gradient_accumulation_fusion=use_te and grad_accumulation_fusion_available(),
+        persist_layer_norm=False,
+        cross_entropy_loss_fusion=use_te,
+    )
+
+
 def architecture_kwargs(shape: ModelShape) -> dict:
     """TransformerConfig fields that define the Qwen2 architecture of `shape`."""
     return dict(
@@ -79,14 +98,7 @@ def transformer_config(
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
-        # Kernel fusions: torch fallbacks work everywhere; TE-only fusions only with TE.
-        bias_activation_fusion=use_te,
-        bias_dropout_fusion=use_te,
-        apply_rope_fusion=use_te,
-        masked_softmax_fusion=False,  # SDPA or TE attention do their own masking
-        gradient_accumulation_fusion=use_te and grad_accumulation_fusion_available(),
-        persist_layer_norm=False,
-        cross_entropy_loss_fusion=use_te,
+        **kernel_fusions(use_te, yarn),
         use_cpu_initialization=not torch.cuda.is_available(),
         cuda_graph_scope=[],  # megatron's default "full" only warns that it is deprecated in favour of [] (same)
     )

@@ -29,7 +29,7 @@ class ModelShape:
     vocab_size: int  # embedding rows (padded), not the tokenizer size
     tied_embeddings: bool
     rms_norm_eps: float
-    rope_theta: float = 1_000_000.0
+    rope_theta: float = 1_000_000.0  # the released models'; a recipe's shape carries the base its stage trains with
     max_position_embeddings: int = 32_768
 
     def __post_init__(self):

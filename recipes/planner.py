@@ -17,7 +17,7 @@ from model.shapes import ModelShape
 from recipes.gpus import get_gpu
 from recipes.schema import Recipe
 from recipes.stages import stage_spec
-from recipes.validate import validate
+from recipes.validate import describe_rope, validate
 from recipes.world import Layout, layout_of, recipe_world_size
 
 GIB = 1024**3
@@ -149,6 +149,7 @@ class Plan:
     precision: str
     recompute: str
     distributed_optimizer: bool
+    rope: str = ""
     meta_params_per_rank: Optional[list[int]] = None
     notes: list[str] = field(default_factory=list)
 
@@ -180,7 +181,7 @@ class Plan:
             "global_batch_size": lay.global_batch_size, "num_microbatches": lay.num_microbatches,
             "tokens_per_step": tokens, "flops_per_token": self.flops_per_token,
             "flops_per_step": self.flops_per_token * tokens, "precision": self.precision,
-            "recompute": self.recompute, "distributed_optimizer": self.distributed_optimizer,
+            "recompute": self.recompute, "distributed_optimizer": self.distributed_optimizer, "rope": self.rope,
         }
 
     def to_text(self) -> str:
@@ -198,6 +199,7 @@ class Plan:
             f"  batch       seq {lay.seq_length}, micro {lay.micro_batch_size}, global {lay.global_batch_size}"
             f" = {lay.num_microbatches} micro-batches/step/rank, {tokens / 1e6:.2f}M tokens/step",
             f"  precision   {self.precision}, recompute {self.recompute}",
+            f"  positions   {self.rope}",
             f"  params      total {self.params_total:,}; per rank by pp stage "
             f"{_fmt_per_stage(self.params_per_rank)}{meta}",
             f"  FLOPs       {self.flops_per_token / 1e9:.2f} GFLOP/token (fwd+bwd, megatron convention), "
@@ -218,9 +220,11 @@ def _fmt_per_stage(counts: list[int]) -> str:
     return "[" + ", ".join(f"{c / 1e9:.3f}B" for c in counts) + "]"
 
 
-def make_plan(recipe: Recipe, world_size: Optional[int] = None) -> Plan:
+def make_plan(recipe: Recipe, world_size: Optional[int] = None, recorded_rope_base: Optional[float] = None) -> Plan:
     """Validate `recipe` on `world_size` (default: its run.nodes x run.gpus_per_node) and plan it.
 
+    `recorded_rope_base`: the base of the checkpoint the run would load (launch/plan.py reads it), None when
+    unknown: the plan then names the stage's fresh-init base.
     `meta_params_per_rank` stays None here: the meta-device count builds megatron models (train.meta_count),
     which configuration does not import; launch/plan.py fills it in.
     """
@@ -237,6 +241,7 @@ def make_plan(recipe: Recipe, world_size: Optional[int] = None) -> Plan:
         params_per_rank=stage_parameters(shape, layout), stages=stage_memory(recipe, shape, layout),
         flops_per_token=training_flops_per_token(shape, layout.seq_length), precision=precision,
         recompute=recipe.train.recompute, distributed_optimizer=recipe.parallel.distributed_optimizer,
+        rope=describe_rope(recipe, recorded_rope_base),
     )
     if recipe.parallel.distributed_optimizer and layout.dp * layout.cp == 1:
         plan.notes.append("distributed optimizer on a single data-parallel rank shards nothing")

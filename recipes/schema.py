@@ -6,7 +6,7 @@ message. Cross-field layout rules (heads % TP, layers % PP x VPP, ...) live in o
 and run when the composed config becomes these objects (`recipes.compose.to_recipe`).
 
 Config tree (Hydra): recipes/config.yaml (this schema) <- `+recipe=SIZE` (recipes/recipe/SIZE.yaml) which
-pulls `stage: file|repo|sft|dpo` (recipes/stage/*.yaml, what a stage means for any size) and then the tuned
+pulls `stage: file|repo|long|sft|dpo` (recipes/stage/*.yaml, what a stage means for any size) and then the tuned
 layout for that size and stage (recipes/layout/SIZE/STAGE.yaml). Command-line overrides win over all.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from omegaconf import MISSING
 from data.config import DataConfig
 from model.shapes import ModelShape, YarnScaling, get_shape
 from recipes.stages import BUILTIN_STAGES as STAGES  # noqa: F401 (re-exported: recipes.stages owns the list)
+
 _SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                "head_dim", "vocab_size", "tied_embeddings")
 
@@ -41,6 +42,13 @@ class ModelConfig:
     yarn_factor: Optional[float] = None
     """YaRN context extension factor (repo stage: 4.0, 32K -> 128K positions); None = plain RoPE."""
     yarn_original_max_position_embeddings: int = 32_768
+    rope_base: Optional[float] = None
+    """RoPE base (HF rope_theta). None = auto, resolved when the run starts (recipes.validate.rope_base_in_use):
+    a fresh init trains with stage.rope_base; a run that loads or resumes a checkpoint keeps the base that
+    checkpoint records (HF imports record config.json's rope_theta: 1e6 for every released Qwen2.5-Coder), except
+    at a stage that switches it (stage.rope_base_switch: repo and long set 1e6 over a 1e4 stage-1 checkpoint).
+    An explicit value must equal the checkpoint's outside such a switch (RoPE positions of trained weights would
+    silently change otherwise); at a fresh init or a switching stage it replaces stage.rope_base."""
 
 
 @dataclass
@@ -114,10 +122,17 @@ class OptimizerConfig:
 @dataclass
 class StageConfig:
     name: str = "file"
-    """A registered stage (recipes.stages): file (8K next-token + FIM), repo (32K repo-level), sft or dpo."""
+    """A registered stage (recipes.stages): file (8K next-token + FIM), repo (32K repo-level, FP8), long (repo at
+    128K, YaRN x4), sft or dpo."""
     plugin: Optional[str] = None
     """Module that registers a stage from outside this repository (recipes.stages.register_stage), imported before
     the stage registry is asked; None for the stages built in."""
+    rope_base: float = 10_000.0
+    """RoPE base this stage trains with from a fresh init (the Qwen2.5-Coder report: 10,000 for the file-level
+    stage, 1,000,000 from the repo-level stage on; sft/dpo: 1e6, the released models'); see model.rope_base."""
+    rope_base_switch: bool = False
+    """True where the stage sets stage.rope_base over whatever checkpoint it loads (repo, long); False (file,
+    sft, dpo) keeps the loaded checkpoint's recorded base."""
     dpo_beta: float = 0.1
     """stage=dpo: beta, the strength of the KL tie to the reference (train.objectives.dpo); > 0."""
     dpo_label_smoothing: float = 0.0
@@ -193,8 +208,11 @@ class Recipe:
     plan: PlanConfig = field(default_factory=PlanConfig)
 
     def model_shape(self) -> ModelShape:
-        """The recipe's shape with its shrink overrides (model.num_layers=2, ...) applied."""
+        """The recipe's shape with its shrink overrides (model.num_layers=2, ...) applied, and its RoPE base:
+        model.rope_base once set (train.loop resolves auto against the checkpoint it loads), else the stage's
+        fresh-init base."""
         overrides = {name: getattr(self.model, name) for name in _SHRINKABLE}
+        overrides["rope_theta"] = self.model.rope_base if self.model.rope_base is not None else self.stage.rope_base
         return get_shape(self.model.shape, **{k: v for k, v in overrides.items() if v is not None})
 
     def yarn_scaling(self) -> Optional[YarnScaling]:

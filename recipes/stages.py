@@ -7,8 +7,8 @@ metrics it logs beside the loss (W&B panels) and its own recipe rules (the valid
 a sample is, how the datasets are built, the forward step and loss, and any pass before step 1 (DPO's
 reference). The trainer, loop, data feed, planner, export and dashboard ask these two; none names a stage.
 
-Adding a stage that reuses an objective (e.g. a 128K repo stage) is one StageSpec line below plus its YAMLs
-(recipes/stage/NAME.yaml, recipes/layout/SIZE/NAME.yaml). A stage from outside this repository sets
+Adding a stage that reuses an objective (as `long`, the repo stage at 128K) is one StageSpec line below plus its
+YAMLs (recipes/stage/NAME.yaml, recipes/layout/SIZE/NAME.yaml). A stage from outside this repository sets
 `stage.plugin=package.module`: that module is imported before the registry is asked and calls register_stage
 with its spec, whose `objective` may name a class in the same module (docs/stages.md).
 """
@@ -102,6 +102,7 @@ DPO_METRICS = ("rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_
 for _spec in (
     StageSpec("file", "train.objectives.lm:NextToken"),
     StageSpec("repo", "train.objectives.lm:NextToken"),
+    StageSpec("long", "train.objectives.lm:NextToken"),  # repo at 131,072 tokens, YaRN x4 (recipes/stage/long.yaml)
     StageSpec("sft", "train.objectives.lm:ChatSFT", chat=True, packs=True),
     StageSpec("dpo", "train.objectives.dpo:DPO", rows_per_sample=2, chat=True, metrics=DPO_METRICS,
               dashboard=("Preference (DPO)", (

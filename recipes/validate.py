@@ -47,6 +47,9 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
 - enum (stage.name): a registered stage (recipes.stages); then the stage's own rules, e.g. dpo:
   stage.dpo_beta > 0, 0 <= stage.dpo_label_smoothing < 0.5 (at 0.5 both labels weigh the same and nothing is
   learnt), stage.dpo_nll_weight >= 0.
+- rope-base (when the run starts, `rope_base_in_use`, against the checkpoint it loads or resumes): an explicit
+  model.rope_base must equal the base the checkpoint records, except at a stage that switches the base (repo,
+  long). Continuing trained weights at another base moves every RoPE frequency; megatron would not notice.
 - recompute-layers: full (uniform) recompute checkpoints groups of recompute_num_layers layers; the group must
   divide the layers of each model chunk (transformer_block.py:532 would index past the chunk).
 - positions: seq_length <= max_position_embeddings x yarn_factor (32,768 trained positions; 131,072 with
@@ -92,7 +95,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
 }
 POSITIVE = ("parallel.tp", "parallel.pp", "parallel.vpp", "parallel.cp", "train.seq_length",
             "train.micro_batch_size", "train.global_batch_size", "train.train_iters", "train.recompute_num_layers",
-            "run.nodes", "run.gpus_per_node")
+            "run.nodes", "run.gpus_per_node", "stage.rope_base", "model.rope_base")  # None (auto) passes
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ def _check_fields(recipe: Recipe) -> list[Violation]:
             out.append(Violation("enum", f"{name}={value!r} is not one of {allowed}; use one of them"))
     for name in POSITIVE:
         value = _get(recipe, name)
-        if value < 1:
+        if value is not None and value < 1:
             out.append(Violation("positive", f"{name}={value} must be >= 1"))
     return out
 
@@ -381,6 +384,36 @@ def check(recipe: Recipe, world_size: Optional[int] = None) -> list[Violation]:
     if world_size is not None:
         out += _check_world(recipe, world_size)
     return out
+
+
+def rope_base_in_use(recipe: Recipe, recorded: Optional[float], source: str = "the checkpoint") -> float:
+    """The RoPE base a run trains with (ModelConfig.rope_base): `recorded` is the base of the checkpoint `source`
+    it loads or resumes (train.checkpoint.recorded_rope_base), None for a fresh init. Rule rope-base: an explicit
+    model.rope_base that disagrees with the checkpoint at a stage that keeps the base is refused."""
+    explicit, stage = recipe.model.rope_base, recipe.stage
+    if recorded is None or stage.rope_base_switch:
+        return explicit if explicit is not None else stage.rope_base
+    if explicit is not None and explicit != recorded:
+        raise RecipeError([Violation("rope-base", (
+            f"model.rope_base={explicit:g} but {source} was trained with RoPE base {recorded:g}, and stage="
+            f"{stage.name} continues a checkpoint at its own base (only stages with stage.rope_base_switch, repo "
+            f"and long, change it). Drop model.rope_base (or set it to {recorded:g}) to continue these weights"))])
+    return recorded
+
+
+def describe_rope(recipe: Recipe, recorded: Optional[float] = None) -> str:
+    """The base in use and why, plus YaRN (planner and run log)."""
+    base = rope_base_in_use(recipe, recorded)
+    if recipe.model.rope_base is not None and (recorded is None or recipe.stage.rope_base_switch):
+        why = "model.rope_base"
+    elif recorded is not None and not recipe.stage.rope_base_switch:
+        why = "the loaded checkpoint's"
+    else:
+        why = f"stage {recipe.stage.name}" + (", set over any checkpoint" if recipe.stage.rope_base_switch else
+                                              ", fresh init; a loaded checkpoint keeps its own")
+    yarn = recipe.yarn_scaling()
+    extension = f", YaRN x{yarn.factor:g} over {yarn.original_max_position_embeddings:,} positions" if yarn else ""
+    return f"RoPE base {base:,.0f} ({why}){extension}"
 
 
 def validate(recipe: Recipe, world_size: Optional[int] = None) -> Recipe:

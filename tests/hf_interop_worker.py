@@ -25,7 +25,8 @@ from train.distributed import init_process_group
 
 def recipe_for(case: dict, seq: int, batch: int):
     overrides = [
-        "+recipe=0.5b", "model.num_layers=2", "model.vocab_size=1024", f"model.tied_embeddings={case['tied']}",
+        "+recipe=0.5b", "model.rope_base=1000000",  # the imports' rope_theta (a fresh file stage: 10,000)
+        "model.num_layers=2", "model.vocab_size=1024", f"model.tied_embeddings={case['tied']}",
         "model.transformer_impl=local", "precision.dtype=fp32", f"parallel.tp={case['tp']}",
         f"parallel.pp={case['pp']}", "parallel.vpp=1", "parallel.cp=1", "parallel.sp=false",
         "parallel.distributed_optimizer=false", "parallel.overlap_param_gather=false",

@@ -260,6 +260,7 @@ def test_benchmark_smoke(tmp_path, capsys):
     main(["--input", str(STDLIB / "json"), "--workers", "1", "--work-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "identical ids: yes" in out and "ratio:" in out
+    assert "ratio with cleaning on:" in out and "near-dedup signatures (MinHash)" in out
     assert np.fromfile(tmp_path / "ours.bin", dtype=np.int32).size > 1000
 
 

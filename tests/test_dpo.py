@@ -11,7 +11,7 @@
   Negative control: CP2 without the all-reduce of the per-sequence sums is caught (loss 2.81 vs 2.12).
   Measured: losses equal to <= 1e-7, reference log-probs to ~1e-5.
 - test_reference_pass_resumes_after_a_kill: a pass killed after 2 of 3 global batches redoes only the third.
-- test_readme_dpo_run: README's DPO commands as printed (make_pairs.py on the standard library, then a 2-rank
+- test_readme_dpo_run: the DPO commands of docs/recipes.md as printed (make_pairs.py on the standard library, then a 2-rank
   tiny run from a fresh init): step 1's loss is ln 2 (policy == reference), the rewards are 0, then the loss falls
   and reward_accuracy rises above 0.5. Measured (32 pairs, 8 steps, ~110 s on a loaded 2-core machine):
   0.693147 at steps 1-2 (the first update runs at warmup lr 0), then 0.689, 0.648, 0.592 .. 0.638; accuracy 0.75
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -232,14 +233,14 @@ def test_negative_control_cp_without_sequence_sum(layout_results):
 
 
 def _readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### DPO"):]
+    text = (REPO / "docs" / "recipes.md").read_text()
+    section = text[text.index("## DPO"):]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
 def test_readme_dpo_run(tmp_path):
-    """README's DPO commands as printed, run by bash in an empty directory (their relative paths land there)."""
+    """docs/recipes.md's DPO commands as printed, run by bash in an empty directory (their relative paths land there)."""
     commands = _readme_commands()
     assert [c.split()[:2] for c in commands] == [["python", "data/make_pairs.py"], ["torchrun", "--nproc_per_node=2"]]
     for command in commands:
@@ -267,28 +268,77 @@ def test_readme_dpo_run(tmp_path):
     assert (run_dir / "reference_logps.pt").is_file() and train_losses(run_dir)
 
 
-def test_reference_file_is_checked_against_the_pairs_and_weights(tmp_path):
-    from train.dpo_reference import FILE_NAME, ReferenceMismatch, _save, attach_reference, weights_fingerprint
+def _dpo_run(run_dir: Path, pairs: Path, steps: int, *extra: str):
+    """A 1-rank tiny DPO run through launch/pretrain.py to step `steps`, saving every step (a real checkpoint each)."""
+    from tests.run_helpers import FAST, run_pretrain
 
-    recipe = to_recipe(compose_config(["+recipe=tiny", "stage=dpo"]))
-    pairs = [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(3)]
-    store = PairStore(_write(tmp_path / "p.jsonl", pairs), ChatTemplate(load_tokenizer()), max_ids=64)
-    dataset = type("Dataset", (), {"store": store})()
-    values, done = torch.randn(3, 2, dtype=torch.float64), torch.ones(3, dtype=torch.bool)
-    fingerprint = {"data": store.digest(), "weights": weights_fingerprint(recipe)}
-    _save(tmp_path / FILE_NAME, fingerprint, values, done)
-    attach_reference(None, recipe, tmp_path, True, dataset)  # complete and matching: loaded, nothing computed
-    assert np.array_equal(store.reference, values.numpy())
-    _save(tmp_path / FILE_NAME, dict(fingerprint, weights="another checkpoint"), values, done)
-    with pytest.raises(ReferenceMismatch, match="other weights"):
-        attach_reference(None, recipe, tmp_path, False, dataset)
-    other = PairStore(_write(tmp_path / "q.jsonl", pairs[:2]), ChatTemplate(load_tokenizer()), max_ids=64)
-    _save(tmp_path / FILE_NAME, fingerprint, values, done)
+    return run_pretrain(1, ["+recipe=tiny", "stage=dpo", *FAST, "parallel.distributed_optimizer=false",
+                            f"data.sources=[{{name: pairs, prefix: {pairs}, weight: 1.0}}]", "data.split='100,0,0'",
+                            "train.eval_interval=0",
+                            f"train.train_iters={steps}", "checkpoint.save_interval=1", "checkpoint.keep_last=5",
+                            "checkpoint.allow_data_order_change=true",  # each run trains on: train_iters grows
+                            f"run.dir={run_dir}", "logging.wandb=false", "logging.plots=false", *extra])
+
+
+def _ok(completed) -> str:
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    return completed.stdout + completed.stderr
+
+
+def test_reference_survives_its_starting_checkpoint_moving_on(tmp_path):
+    """Real checkpoints from tiny 1-rank runs. An SFT-like source run S (here DPO from a fresh init, 1 step) is the
+    starting checkpoint of DPO run D (checkpoint.load=S, a run dir: its newest step). After D has trained, S gains a
+    newer step (S's `latest` moves), then S is deleted: D resumes both times from its complete reference file
+    (before: refused as "other weights", then a CheckpointError). Settings that change the log-probs are refused
+    with what changed; while a reference is incomplete and the run has not trained, the starting weights are
+    checked: a checkpoint.load that now resolves to another step is refused, naming both."""
+    from train.dpo_reference import FILE_NAME, ReferenceMismatch, attach_reference
+
+    pairs = _write(tmp_path / "pairs.jsonl", [{"prompt": f"What is {i} + {i}?", "chosen": str(2 * i),
+                                               "rejected": f"{i}{i} maybe"} for i in range(8)])
+    source, dpo_run = tmp_path / "source", tmp_path / "dpo"
+    _ok(_dpo_run(source, pairs, 1))
+    log = _ok(_dpo_run(dpo_run, pairs, 1, f"checkpoint.load={source}"))
+    assert "DPO reference: forward pass over 8 pairs" in log
+    saved = torch.load(dpo_run / FILE_NAME, weights_only=True)
+    first_step = source / "checkpoints" / "step_00000001"
+    assert saved["done"].all() and saved["fingerprint"]["weights"]["checkpoint"] == str(first_step.resolve())
+
+    _ok(_dpo_run(source, pairs, 2))  # the source run moves on: its `latest` now names step 2
+    assert (source / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    log = _ok(_dpo_run(dpo_run, pairs, 2, f"checkpoint.load={source}"))
+    assert f"computed from {first_step.resolve()}" in log and "forward pass" not in log
+    shutil.rmtree(source)  # pruned / deleted
+    log = _ok(_dpo_run(dpo_run, pairs, 3, f"checkpoint.load={source}"))
+    assert "resumed from" in log and sorted(train_losses(dpo_run)) == [1, 2, 3]
+
+    changed = _dpo_run(dpo_run, pairs, 4, f"checkpoint.load={source}", "model.yarn_factor=2")
+    assert changed.returncode != 0
+    assert "settings that change the log-probs" in changed.stderr and "model.yarn_factor: None -> 2.0" in changed.stderr
+
+    # an incomplete reference of a run that has not trained: numerics and starting weights are checked
+    recipe = to_recipe(compose_config(["+recipe=tiny", "stage=dpo", "train.seq_length=64",
+                                       f"checkpoint.load={dpo_run}"]))
+    store = PairStore(pairs, ChatTemplate(load_tokenizer()), max_ids=64)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    saved["done"][-1] = False
+    saved["fingerprint"]["weights"]["checkpoint"] = str((dpo_run / "checkpoints" / "step_00000002").resolve())
+    torch.save(saved, partial / FILE_NAME)
+    dataset, trainer = type("Dataset", (), {"store": store})(), type("Trainer", (), {"transformer_impl": "local"})()
+    with pytest.raises(ReferenceMismatch, match=r"computed from .*step_00000002, and checkpoint.load now resolves "
+                                                r"to .*step_00000003\. .*set checkpoint.load=.*step_00000002"):
+        attach_reference(trainer, recipe, partial, False, dataset)
+    recipe.precision.dtype = "bf16"
+    with pytest.raises(ReferenceMismatch, match=r"precision.dtype: fp32 -> bf16"):
+        attach_reference(trainer, recipe, partial, False, dataset)
     with pytest.raises(ReferenceMismatch, match="other data"):
-        attach_reference(None, recipe, tmp_path, False, type("Dataset", (), {"store": other})())
-    (tmp_path / FILE_NAME).unlink()
+        attach_reference(trainer, recipe, partial, False, type("Dataset", (), {"store": PairStore(
+            _write(tmp_path / "fewer.jsonl", pairs.read_text().splitlines()[:4]), ChatTemplate(load_tokenizer()),
+            max_ids=64)})())
     with pytest.raises(ReferenceMismatch, match="has trained"):
-        attach_reference(None, recipe, tmp_path, True, dataset)
+        recipe.precision.dtype = "fp32"
+        attach_reference(trainer, recipe, partial, True, dataset)
 
 
 def test_reference_pass_resumes_after_a_kill(tmp_path, gloo):

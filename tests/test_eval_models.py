@@ -1,5 +1,5 @@
 """End to end: the tiny model of README's first command, trained here for 3 steps at its TP2 layout on stdlib
-code, evaluated on humaneval, humaneval_fim and fim_heldout (the 2 validation documents of its data under
+code, evaluated on humaneval, fim_singleline and fim_heldout (the 2 validation documents of its data under
 split 60,40,0) (first 3 problems each, up to 12 new tokens; any score), decoded in batches:
 - through the megatron checkpoint at TP2 (torchrun, 2 ranks: vocabulary-parallel logits gathered over TP; KV cache;
   --batch-size 2, so a task's 3 problems make a batch of 2 and one of 1),
@@ -22,13 +22,12 @@ import pytest
 import torch
 
 from evaluation.generate import END_IDS, prompt_ids
-from evaluation.problem import truncate
-from evaluation.tasks import load_tasks
-from evaluation.tasks.base import TaskContext
+from evaluation.tasks import get, load_tasks
+from evaluation.tasks.base import Answer, TaskContext
 from tests.run_helpers import FAST, environment, prepare_code_dataset, run_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL = ["--limit", "3", "--max-new-tokens", "12", "--tasks", "humaneval,humaneval_fim,fim_heldout", "--split",
+EVAL = ["--limit", "3", "--max-new-tokens", "12", "--tasks", "humaneval,fim_singleline,fim_heldout", "--split",
         "60,40,0"]
 
 
@@ -66,14 +65,15 @@ def evaluated(tmp_path_factory):
 
 def test_megatron_tp2_pp2_and_hf_export_give_identical_completions(evaluated):
     _, tp2, hf, pp2 = evaluated
-    assert list(tp2) == list(hf) == list(pp2) == ["HumanEval/0", "HumanEval/1", "HumanEval/2", "HumanEval/0/L0",
-                                                  "HumanEval/0/L1", "HumanEval/0/L2", "fim_heldout/3", "fim_heldout/4"]
+    fim = [f"SingleLineInfilling/HumanEval/0/L{line}" for line in range(3)]
+    assert list(tp2) == list(hf) == list(pp2) == ["HumanEval/0", "HumanEval/1", "HumanEval/2", *fim, "fim_heldout/3",
+                                                  "fim_heldout/4"]
     for task_id in tp2:
         assert tp2[task_id]["completion"] == hf[task_id]["completion"] == pp2[task_id]["completion"], task_id
         assert tp2[task_id]["completion"], task_id  # something was generated
         assert tp2[task_id]["status"] in ("passed", "failed", "timeout", "memory_limit", "killed", "mismatch")
         assert isinstance(tp2[task_id]["passed"], bool) and tp2[task_id]["prompt"]
-    assert all("exact_match" in tp2[t] for t in ("HumanEval/0/L0", "HumanEval/0/L1", "fim_heldout/3"))
+    assert all("exact_match" in tp2[t] for t in (*fim, "fim_heldout/3"))
 
 
 def test_completions_equal_transformers_generate(evaluated):
@@ -85,13 +85,15 @@ def test_completions_equal_transformers_generate(evaluated):
     tokenizer = load_tokenizer("qwen2.5")
     model = AutoModelForCausalLM.from_pretrained(str(work / "hf"), dtype=torch.float32).eval()
     prefix = str(work / "stdlib_subset")
-    for problems in load_tasks(["humaneval", "humaneval_fim", "fim_heldout"], 2, TaskContext(prefix, "60,40,0")).values():
+    chosen = load_tasks(["humaneval", "fim_singleline", "fim_heldout"], 2, TaskContext(prefix, "60,40,0"))
+    for name, problems in chosen.items():
         for problem in problems:
             ids = torch.tensor([prompt_ids(tokenizer, problem)])
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                                  eos_token_id=sorted(END_IDS), pad_token_id=min(END_IDS))
             new = [t for t in out[0, ids.shape[1]:].tolist() if t not in END_IDS]
-            assert truncate(tokenizer.decode(new), problem.stops) == tp2[problem.task_id]["completion"]
+            cut, _ = get(name).head(problem, Answer(tokenizer.decode(new)))  # the task's own cut
+            assert cut == tp2[problem.task_id]["completion"]
 
 
 def test_summary_lands_in_the_run_metrics(evaluated):
@@ -99,7 +101,7 @@ def test_summary_lands_in_the_run_metrics(evaluated):
     records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     evaluation = [r for r in records if "eval/humaneval/pass@1" in r]
     assert [r["step"] for r in evaluation] == [3, 3]  # the TP2 and the PP2 evaluation of the step-3 checkpoint
-    assert {"eval/humaneval_fim/pass@1", "eval/humaneval_fim/exact_match"} <= set(evaluation[0])
+    assert {"eval/fim_singleline/pass@1", "eval/fim_singleline/exact_match"} <= set(evaluation[0])
 
 
 def test_kv_cache_decoding_equals_full_forward(gloo, monkeypatch):

@@ -15,7 +15,7 @@ from evaluation.tasks.base import TaskError
 from tests.run_helpers import environment
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = {"humaneval", "humaneval_fim", "fim_heldout", "humaneval_plus", "mbpp", "mbpp_plus"}
+OURS = {"humaneval", "fim_singleline", "fim_heldout", "humaneval_plus", "mbpp", "mbpp_plus"}
 
 
 def evaluate(*arguments, timeout=300):
@@ -26,7 +26,7 @@ def evaluate(*arguments, timeout=300):
 def test_registry_names_the_tasks_and_the_paper_group():
     assert OURS <= set(names())
     assert {"humaneval", "humaneval_plus", "mbpp", "mbpp_plus"} <= set(paper())
-    assert "fim_heldout" not in paper() and "humaneval_fim" not in paper()  # not columns of the paper's table
+    assert "fim_heldout" not in paper() and "fim_singleline" not in paper()  # not columns of the paper's table
     assert all(get(name).column for name in paper())
     chosen = expand(f"humaneval,{PAPER},mbpp")
     assert chosen[0] == "humaneval" and len(chosen) == len(set(chosen)) == len(paper())

@@ -251,13 +251,13 @@ def test_checkpoint_with_overlap_param_gather_holds_updated_weights(world):
 
 # ---- bench/gpu_acceptance.py on a machine without a GPU -------------------------------------------------------
 def _readme_line(prefix: str) -> str:
-    lines = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(prefix)]
-    assert len(lines) == 1, f"README should print `{prefix}` once: {lines}"
+    lines = [line for line in (REPO / "docs" / "testing.md").read_text().splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, f"docs/testing.md should print `{prefix}` once: {lines}"
     return lines[0]
 
 
 def test_gpu_acceptance_plan_fits_eight_minutes():
-    """README's `--plan` line, run as printed: every check with its budget, installs included, <= 480 s."""
+    """docs/testing.md's `--plan` line, run as printed: every check with its budget, installs included, <= 480 s."""
     done = subprocess.run(["bash", "-c", _readme_line("python bench/gpu_acceptance.py --plan")], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

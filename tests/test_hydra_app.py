@@ -61,7 +61,7 @@ def test_help_info_and_shell_completion(empty_cwd):
     done = app("pretrain.py", "--help", cwd=empty_cwd)
     assert done.returncode == 0, done.stderr
     assert "== Configuration groups ==" in done.stdout
-    assert "recipe: 0.5b, 1.5b, 14b, 32b, 3b, 7b, tiny" in done.stdout and "stage: dpo, file, repo, sft" in done.stdout
+    assert "recipe: 0.5b, 1.5b, 14b, 32b, 3b, 7b, tiny" in done.stdout and "stage: dpo, file, long, repo, sft" in done.stdout
     assert "seq_length:" in done.stdout and "Powered by Hydra" in done.stdout
     done = app("pretrain.py", "+recipe=tiny", "--info", "searchpath", cwd=empty_cwd)
     assert done.returncode == 0 and "Config search path" in done.stdout, done.stderr

@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from deploy import k8s
+from recipes.schema import STAGES
 from recipes.validate import RecipeError
 from recipes.world import recipe_world_size
 
 CRD = Path(__file__).resolve().parents[2] / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
 SIZES = ("0.5b", "1.5b", "3b", "7b", "14b", "32b")
-STAGES = ("file", "repo", "sft", "dpo")
 OPTS = k8s.JobOptions(image="registry.example/qwen-coder:test", pvc="qwen-runs")
 
 
@@ -233,7 +233,7 @@ def test_layout_the_planner_says_does_not_fit_is_refused(tmp_path, capsys):
 
 
 def test_cli_mixes_options_and_overrides_in_any_order(tmp_path):
-    """README's command: an override (data.sources=...) between options, and an option after it."""
+    """docs/kubernetes.md's command: an override (data.sources=...) between options, and an option after it."""
     from launch.k8s import main
 
     sources = "data.sources=[{name: code, prefix: /data/code, weight: 1.0}]"

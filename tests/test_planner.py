@@ -17,7 +17,7 @@ from recipes.planner import GIB, inflight, make_plan
 from recipes.world import layout_of
 
 SIZES = ("tiny", "0.5b", "1.5b", "3b", "7b", "14b", "32b")
-STAGES = ("file", "repo", "sft", "dpo")
+STAGES = ("file", "repo", "long", "sft", "dpo")
 SHIPPED = [(size, stage) for size in SIZES for stage in STAGES]
 # Layouts no recipe ships, chosen to stress the sharding formula.
 VARIANTS = [

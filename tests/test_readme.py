@@ -1,7 +1,7 @@
-"""Every README command that can run on a CPU machine runs, exactly as printed, in a scratch copy of the repository
-(small inputs where the README names the user's data). Commands are read from the README's ```bash blocks, so a
-command added there is run here, unless it is listed in EXCLUDED with the reason it cannot run on a CPU machine
-in a test; an exclusion that no longer matches a README command fails too.
+"""Every command of README.md and of the user guides it links (DOCUMENTS) that can run on a CPU machine runs,
+exactly as printed, in a scratch copy of the repository (small inputs where a page names the user's data).
+Commands are read from the ```bash blocks, so a command added there is run here, unless it is listed in EXCLUDED
+with the reason it cannot run on a CPU machine in a test; an exclusion that no longer matches a command fails too.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# README first, then the guides in the order a reader meets them (later commands may use earlier outputs)
+DOCUMENTS = ("README.md", "docs/recipes.md", "docs/data-preparation.md", "docs/kubernetes.md", "docs/testing.md")
 
 # pattern (matched at the start of a command) -> why this test does not run it
 EXCLUDED = {
@@ -48,7 +50,7 @@ KEEP_OUT = {".git", "runs", "data_cache", "job.yaml", "ckpt", "hf", "outputs", "
 
 
 def readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = "\n".join((REPO / page).read_text() for page in DOCUMENTS)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         joined = re.sub(r"\\\n\s*", " ", block)  # continuation lines make one command, as bash reads them

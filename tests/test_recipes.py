@@ -13,8 +13,11 @@ from recipes.world import recipe_world_size
 
 SIZES = ("tiny", "0.5b", "1.5b", "3b", "7b", "14b", "32b")
 RELEASED = SIZES[1:]
-STAGES = ("file", "repo", "sft", "dpo")
-SEQ = {"file": 8192, "repo": 32768, "sft": 8192, "dpo": 4096}
+STAGES = ("file", "repo", "long", "sft", "dpo")
+SEQ = {"file": 8192, "repo": 32768, "long": 131072, "sft": 8192, "dpo": 4096}
+# The report's RoPE bases: 10,000 at stage 1, raised to 1e6 with the repo stage (and kept at 128K); SFT/DPO start
+# from released weights (rope_theta 1e6): their value is a fresh init's, a loaded checkpoint keeps its own base.
+ROPE_BASE = {"file": 10_000.0, "repo": 1_000_000.0, "long": 1_000_000.0, "sft": 1_000_000.0, "dpo": 1_000_000.0}
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
@@ -29,8 +32,14 @@ def test_every_recipe_composes_and_validates(size, stage):
         assert recipe.train.seq_length == SEQ[stage]
         assert recipe.run.gpu == "h100" and recipe.run.gpus_per_node == 8
         assert recipe.precision.dtype == "bf16"
-        # FP8 exactly for the repo stage, and then through Transformer Engine
-        assert (recipe.precision.fp8 is not None) == (stage == "repo")
+        # FP8 exactly for the repo stage and its 128K continuation, and then through Transformer Engine
+        assert (recipe.precision.fp8 is not None) == (stage in ("repo", "long"))
+    assert recipe.model.rope_base is None  # auto: resolved against the checkpoint when the run starts
+    assert (recipe.stage.rope_base, recipe.stage.rope_base_switch) == (ROPE_BASE[stage], stage in ("repo", "long"))
+    assert recipe.model_shape().rope_theta == ROPE_BASE[stage]  # what a fresh init builds
+    # YaRN x4 over the 32K positions exactly at stage=long (Qwen2.5-Coder's rope_scaling)
+    yarn = recipe.yarn_scaling()
+    assert (yarn.factor, yarn.original_max_position_embeddings) == (4.0, 32768) if stage == "long" else yarn is None
 
 
 def test_tree_is_complete():

@@ -3,7 +3,8 @@
 One torchrun per case, 3 steps and one validation each (64-token samples): every stage (file, repo, sft, dpo) in
 every layout (TP2, PP2, CP2, DP2 + distributed optimizer), each stage and each layout on the default torch loader
 and on DALI, and the repo stage at CP2 on both (its batches carry megatron's per-sample dataset_id, which context
-parallelism must not cut along the sequence). Each case must finish with finite training and validation losses.
+parallelism must not cut along the sequence). Each case must finish with finite training and validation losses;
+every DPO layout's step 1 must be ln 2 with zero rewards (the reference pass is the same computation).
 The file-stage case blends two real sources (stdlib code, stdlib docstrings as text) and checks the per-source
 validation loss in every sink: console, metrics.jsonl, the offline W&B file and the loss plot's curves.
 
@@ -111,12 +112,23 @@ def test_stage_trains_in_layout(stage_data, tmp_path, request, stage, layout, lo
     assert all(math.isfinite(v) for v in [*losses.values(), *valid.values()]), (losses, valid)
     if two_sources:
         _check_per_source_validation(run_dir, completed.stdout)
-    if stage == "dpo":  # validation reports the preference metrics beside the DPO loss
-        from recipes.stages import DPO_METRICS as METRICS
+    if stage == "dpo":
+        _check_dpo_start_and_validation(run_dir)
 
-        record = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                  if "val_loss" in line][-1]
-        assert all(math.isfinite(record[f"val_{name}"]) for name in METRICS), record
+
+def _check_dpo_start_and_validation(run_dir) -> None:
+    """Step 1 of DPO, in every layout: policy == reference to the last bit (the reference pass runs the same
+    model, layout and kernels), so every pair's margin is 0, the loss is -log sigmoid(0) = ln 2 and the rewards
+    are 0; validation reports the preference metrics beside the DPO loss."""
+    from recipes.stages import DPO_METRICS as METRICS
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = next(record for record in records if record.get("step") == 1 and "loss" in record)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6), first
+    rewards = [first[name] for name in ("rewards_chosen", "rewards_rejected", "reward_margin")]
+    assert rewards == pytest.approx([0.0, 0.0, 0.0], abs=1e-7), first
+    record = [record for record in records if "val_loss" in record][-1]
+    assert all(math.isfinite(record[f"val_{name}"]) for name in METRICS), record
 
 
 def _check_per_source_validation(run_dir, console: str) -> None:

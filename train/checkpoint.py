@@ -55,6 +55,10 @@ SHARDING_TYPES = {False: "dp_reshardable", True: "fully_reshardable"}
 # so even a TE checkpoint never holds it. Those entries keep their fresh values (FP8 scaling restarts); any
 # other absent or unexpected tensor is an error.
 EXTRA_STATE = "_extra_state"
+# The RoPE base the weights were trained with, in each checkpoint's common state (recipes.validate.rope_base_in_use
+# continues a checkpoint with it). Checkpoints written before it was recorded all trained at 1e6, the base every
+# stage used then.
+ROPE_BASE, UNRECORDED_ROPE_BASE = "rope_base", 1_000_000.0
 
 
 class CheckpointError(RuntimeError):
@@ -215,10 +219,20 @@ def _sharded_state(trainer, is_loading: bool, metadata: dict) -> dict:
     return state
 
 
-def save_weights(model_chunks, directory: Path) -> None:
+def save_weights(model_chunks, directory: Path, rope_base: float) -> None:
     """Model weights only (what convert.py writes and `checkpoint.load` reads); any layout can load it."""
     directory.mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save(_model_state_dict(model_chunks), str(directory))
+    dist_checkpointing.save({**_model_state_dict(model_chunks), ROPE_BASE: rope_base}, str(directory))
+
+
+def recorded_rope_base(directory: Path) -> Optional[float]:
+    """The RoPE base a complete checkpoint directory records (UNRECORDED_ROPE_BASE for older ones); None when its
+    common state cannot be read (resume then reports the checkpoint as unreadable)."""
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(directory))
+    except _UNREADABLE:
+        return None
+    return float(common.get(ROPE_BASE, UNRECORDED_ROPE_BASE)) if isinstance(common, dict) else None
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Optional[Path]:
@@ -252,9 +266,12 @@ def resolve_checkpoint(path) -> Path:
     raise CheckpointError(f"{path} is not a megatron distributed checkpoint: found none of {looked_for}{hint}")
 
 
-def load_weights(model_chunks, directory: Path) -> None:
-    """Load model weights (no optimizer/step) into this layout from what resolve_checkpoint accepts."""
+def load_weights(model_chunks, directory: Path, rope_base_switch: bool = False) -> None:
+    """Load model weights (no optimizer/step) into this layout from what resolve_checkpoint accepts.
+    rope_base_switch: the stage sets its own RoPE base over the checkpoint's (stage.rope_base_switch)."""
     directory = resolve_checkpoint(directory)
+    if not rope_base_switch:
+        _check_rope_base(model_chunks, directory)
     loaded, _, absent = dist_checkpointing.load(_model_state_dict(model_chunks), str(directory),
                                                 strict=StrictHandling.RETURN_UNEXPECTED)
     absent_weights = sorted(key for key in absent if not key.endswith(EXTRA_STATE))
@@ -263,6 +280,18 @@ def load_weights(model_chunks, directory: Path) -> None:
                               f"{' ...' if len(absent_weights) > 6 else ''}; it holds another model (shape, "
                               "tying or layers differ): pass the recipe it was written with")
     _apply_model_state(model_chunks, loaded)
+
+
+def _check_rope_base(model_chunks, directory: Path) -> None:
+    """Weights continue at the RoPE base they were trained with: a model built with another base (a recipe whose
+    stage default differs, used without train.loop's resolution) is refused instead of silently rotating anew."""
+    module = model_chunks[0]
+    while not hasattr(module, "rotary_base") and hasattr(module, "module"):
+        module = module.module  # DDP, then megatron's Float16Module
+    recorded, built = recorded_rope_base(directory), getattr(module, "rotary_base", None)
+    if recorded is not None and built is not None and float(built) != recorded:
+        raise CheckpointError(f"{directory} was trained with RoPE base {recorded:g}, this model is built with "
+                              f"{float(built):g}: build it with model.rope_base={recorded:g}")
 
 
 def _apply_model_state(model_chunks, loaded: dict) -> None:
@@ -311,6 +340,7 @@ class CheckpointManager:
             tokenizer=self._tokenizer(trainer.recipe.data.tokenizer),
             recipe=recipe_dict,
         )
+        sharded[ROPE_BASE] = trainer.shape.rope_theta  # the base this run's weights train with
         dist_checkpointing.save(sharded, str(staging), content_metadata=self.metadata)
         torch.distributed.barrier()
         if torch.distributed.get_rank() == 0:

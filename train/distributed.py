@@ -86,3 +86,12 @@ def set_launch_environment(recipe: Recipe) -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         raise RuntimeError("set_launch_environment must run before CUDA initialises (call it first in the launcher)")
     os.environ.update(launch_environment(recipe))
+
+
+def to_model_device(batch: dict, model) -> dict:
+    """The micro-batch on the model chunk's device. Loaders yield (pinned) CPU tensors and neither megatron's
+    schedules nor get_batch_on_this_cp_rank move them (Megatron-LM's own get_batch does .cuda()); a GPU
+    model would fail at the embedding lookup. non_blocking: pinned host memory copies asynchronously."""
+    device = next(model.parameters()).device
+    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+            for key, value in batch.items()}

@@ -13,12 +13,17 @@ forward-only schedule, every layout), so at step 1 policy and reference agree to
 hardware and the first loss is ln 2. It reads the pairs in file order, each DP rank its share, and every
 REFERENCE_SAVE_EVERY global batches rank 0 saves the values so far (write to a temporary file, then rename):
 a killed pass resumes after the last save. The file records what it was computed from and is refused
-(ReferenceMismatch, naming what differs) when the run's pairs or starting weights are not those:
+(ReferenceMismatch, naming what differs) when the run's pairs or numerics are not those:
 - data: sha256 of the rendered rows (data.preference.PairStore.digest: file, tokenizer, system prompt,
-  seq_length and truncation all change it);
-- weights: the files of the checkpoint that checkpoint.load names (relative path, size, sha256 of the first and
-  last MiB of each file, all of a file under 2 MiB), or for a run from a fresh init the shape and seed; plus
-  precision.dtype.
+  seq_length and truncation all change it); checked on every start;
+- numerics: every recipe value that changes the log-probs of the same weights (`logp_fields`: the shape with its
+  overrides and RoPE base, YaRN, the layer spec in use, dtype and FP8 settings); checked on every start, since
+  the policy trained after step 1 runs with them too;
+- weights: the checkpoint that checkpoint.load resolved to (a run dir means its newest step) and a digest of its
+  files (relative path, size, sha256 of the first and last MiB of each file, all of a file under 2 MiB), or for a
+  fresh init the seed and layout (GPU init draws per model-parallel rank). Checked only while the run starts
+  from those weights, i.e. before it has trained: once it has a checkpoint of its own, the starting checkpoint's
+  directory may gain newer steps or be pruned without concern, because the reference no longer reads it.
 A run that already trained (a checkpoint in the run dir) but has no complete reference is refused: the
 starting policy is gone.
 """
@@ -64,16 +69,27 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def weights_fingerprint(recipe: Recipe) -> str:
-    """What identifies the starting policy (module docstring)."""
-    digest = hashlib.sha256(recipe.precision.dtype.encode())
+def logp_fields(recipe: Recipe, transformer_impl: str) -> dict:
+    """Recipe values that change the log-probs a given set of weights produces, as strings (module docstring)."""
+    precision = {f"precision.{k}": v for k, v in dataclasses.asdict(recipe.precision).items()
+                 if k != "grad_reduce_in_fp32"}  # gradients only
+    return {k: str(v) for k, v in {
+        "model shape": recipe.model_shape(),  # shrink overrides and the RoPE base in use
+        "model.yarn_factor": recipe.model.yarn_factor,
+        "model.yarn_original_max_position_embeddings": recipe.model.yarn_original_max_position_embeddings,
+        "model.transformer_impl": transformer_impl, **precision}.items()}
+
+
+def weights_fingerprint(recipe: Recipe) -> dict:
+    """The starting weights: {"checkpoint": what checkpoint.load resolves to now, "digest": of its files}."""
     if not recipe.checkpoint.load:
-        digest.update(f"fresh init {recipe.model_shape()} seed {recipe.train.seed}".encode())
-        return digest.hexdigest()
+        p = recipe.parallel
+        return {"checkpoint": "fresh init", "digest": f"seed {recipe.train.seed} tp {p.tp} pp {p.pp} vpp {p.vpp}"}
     root = resolve_checkpoint(recipe.checkpoint.load)  # a run dir means its newest checkpoint, as train.loop loads
+    digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(f"{path.relative_to(root)} {path.stat().st_size} {_file_digest(path)}\n".encode())
-    return digest.hexdigest()
+    return {"checkpoint": str(root.resolve()), "digest": digest.hexdigest()}
 
 
 def _save(path: Path, fingerprint: dict, values: torch.Tensor, done: torch.Tensor) -> None:
@@ -82,29 +98,49 @@ def _save(path: Path, fingerprint: dict, values: torch.Tensor, done: torch.Tenso
     os.replace(partial, path)
 
 
-def _load(path: Path, fingerprint: dict, pairs: int) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    saved = torch.load(path, weights_only=True)
-    differs = [key for key in fingerprint if saved["fingerprint"].get(key) != fingerprint[key]]
-    if differs or len(saved["done"]) != pairs:
+def _weights(recorded: dict) -> dict:
+    """The recorded starting weights; files written before the path was recorded hold a bare digest."""
+    weights = recorded["weights"]
+    return weights if isinstance(weights, dict) else {"checkpoint": "weights of unrecorded path", "digest": weights}
+
+
+def _check(path: Path, saved: dict, fingerprint: dict, pairs: int) -> None:
+    """Refuse a saved reference whose pairs, numerics or (when given) starting weights are not this run's."""
+    recorded = saved["fingerprint"]
+    fix = (f"use a new run.dir, or delete {path.name} to recompute it (only before training started: a "
+           "checkpointed run no longer has its starting weights)")
+    if recorded["data"] != fingerprint["data"] or len(saved["done"]) != pairs:
+        raise ReferenceMismatch(f"{path} holds reference log-probs of other data than this run's "
+                                f"({len(saved['done'])} pairs saved, {pairs} now): {fix}")
+    changed = [f"{k}: {v} -> {fingerprint['logps'].get(k)}" for k, v in recorded.get("logps", {}).items()
+               if fingerprint["logps"].get(k) != v]
+    if changed:
+        raise ReferenceMismatch(f"{path} was computed with other settings that change the log-probs:\n  "
+                                + "\n  ".join(changed) + f"\nRestore them (this run started with them), or {fix}")
+    if "weights" in fingerprint and recorded["weights"] != fingerprint["weights"]:
+        then, now = _weights(recorded), fingerprint["weights"]
+        what = (f"checkpoint.load now resolves to {now['checkpoint']}" if then["checkpoint"] != now["checkpoint"]
+                else f"the files of {now['checkpoint']} changed")
         raise ReferenceMismatch(
-            f"{path} holds reference log-probs of other {' and '.join(differs) or 'pairs'} than this run's "
-            f"({len(saved['done'])} pairs saved, {pairs} now). The reference must be the policy this run starts "
-            f"from on these pairs: use a new run.dir, or delete {path.name} to recompute it (only before training "
-            "started: a checkpointed run no longer has its starting weights)")
-    return saved
+            f"{path} holds the reference log-probs of other weights: it was computed from {then['checkpoint']}, "
+            f"and {what}. This run has not trained yet and would start from those: set "
+            f"checkpoint.load={then['checkpoint']} if it still exists, or {fix}")
 
 
 def attach_reference(trainer, recipe: Recipe, run_dir: Path, trained: bool, dataset) -> None:
     """Load or compute the reference log-probs of every pair of the dataset's PairStore; attach them to it."""
     store: PairStore = dataset.store
     path = run_dir / FILE_NAME
-    fingerprint = {"data": store.digest(), "weights": weights_fingerprint(recipe)}
-    saved = _load(path, fingerprint, len(store))
+    fingerprint = {"data": store.digest(), "logps": logp_fields(recipe, trainer.transformer_impl)}
+    if not trained:  # the run starts from checkpoint.load: it must be what the reference was computed from
+        fingerprint["weights"] = weights_fingerprint(recipe)
+    saved = torch.load(path, weights_only=True) if path.is_file() else None
+    if saved is not None:
+        _check(path, saved, fingerprint, len(store))
     if saved is not None and bool(saved["done"].all()):
         store.reference = saved["logps"].numpy()
-        log.info("DPO reference log-probs of %d pairs from %s", len(store), path)
+        log.info("DPO reference log-probs of %d pairs from %s (computed from %s)", len(store), path,
+                 _weights(saved["fingerprint"])["checkpoint"])
         return
     if trained:
         raise ReferenceMismatch(f"this run has trained (a checkpoint exists in {run_dir}) but {path} is missing or "

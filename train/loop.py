@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 from recipes.schema import Recipe
-from recipes.validate import validate
-from train.checkpoint import CheckpointManager, TrainingState, latest_checkpoint, load_weights, resolve_checkpoint
+from recipes.validate import describe_rope, rope_base_in_use, validate
+from train.checkpoint import (CheckpointManager, TrainingState, latest_checkpoint, load_weights, recorded_rope_base,
+                              resolve_checkpoint)
 from train.data_feed import DataFeed, check_sources
 from train.distributed import init_process_group
 from train.metrics import MetricsLogger
@@ -49,6 +50,11 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     initial_weights = None
     if recipe.checkpoint.load and latest_checkpoint(run_dir / "checkpoints") is None:  # no resume: load
         initial_weights = resolve_checkpoint(recipe.checkpoint.load)
+    continued = latest_checkpoint(run_dir / "checkpoints") or initial_weights  # the weights the run goes on from
+    recorded = recorded_rope_base(continued) if continued else None
+    rope_base = rope_base_in_use(recipe, recorded, str(continued))  # what the model is built with
+    positions = describe_rope(recipe, recorded)
+    recipe.model.rope_base = rope_base
     check_sources(recipe)
     init_process_group()
     if torch.distributed.get_world_size() != world_size:
@@ -57,6 +63,7 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     acquire_on_rank0(run_dir)  # one run per directory (train.run_lock); held until this process exits
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir)
+    log.info("%s", positions)
 
     trainer = Trainer(recipe)
     checkpoints = CheckpointManager(run_dir, keep_last=recipe.checkpoint.keep_last,
@@ -67,7 +74,7 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     else:
         state = TrainingState()
         if initial_weights is not None:
-            load_weights(trainer.model, initial_weights)
+            load_weights(trainer.model, initial_weights, recipe.stage.rope_base_switch)
             trainer.optimizer.reload_model_params()
             log.info("initial weights from %s", initial_weights)
 

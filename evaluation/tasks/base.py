@@ -69,6 +69,12 @@ class Task:
         """The source the sandbox runs; it exits 0 when every test passes."""
         return head + problem.suffix + "\n\n" + problem.test
 
+    def summary_metrics(self, rows: List[dict]) -> Dict[str, float]:
+        """The summary's metrics; by default each is the mean over all rows of its row field (pass@1: passed)."""
+        count = max(len(rows), 1)
+        return {metric: sum(r["passed" if metric == "pass@1" else metric] for r in rows) / count
+                for metric in self.metrics}
+
     def verdict(self, problem: Problem, completion: str, outcome) -> dict:
         """Row fields for one answer from the sandbox outcome (None for problems without tests)."""
         return dict(status=outcome.status, passed=outcome.passed)

@@ -13,7 +13,8 @@ from functools import partial
 import torch
 
 from recipes.stages import StageSpec, register_stage
-from train.objectives.base import LOSS_REPORT, METRICS_REPORT, to_model_device
+from train.distributed import to_model_device
+from train.objectives.base import LOSS_REPORT, METRICS_REPORT
 from train.objectives.lm import NextToken, split_for_cp_rank
 
 WEIGHT = 0.25  # a power of two: the logged loss is exactly WEIGHT x unweighted_loss

@@ -16,23 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 from recipes.schema import Recipe
 from recipes.stages import StageSpec
 
 LOSS_REPORT = "lm loss"
 METRICS_REPORT = "metrics"
 SOURCE_REPORT = "source loss"
-
-
-def to_model_device(batch: dict, model) -> dict:
-    """The micro-batch on the model chunk's device. Loaders yield (pinned) CPU tensors and neither megatron's
-    schedules nor get_batch_on_this_cp_rank move them (Megatron-LM's own get_batch does .cuda()); a GPU
-    model would fail at the embedding lookup. non_blocking: pinned host memory copies asynchronously."""
-    device = next(model.parameters()).device
-    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
-            for key, value in batch.items()}
 
 
 class Objective:

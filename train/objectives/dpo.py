@@ -40,8 +40,9 @@ from megatron.core.utils import get_batch_on_this_cp_rank
 
 from data.preference import build_preference_datasets, pairs_source
 from recipes.stages import DPO_METRICS as METRICS
+from train.distributed import to_model_device
 from train.dpo_reference import attach_reference
-from train.objectives.base import LOSS_REPORT, METRICS_REPORT, Objective, to_model_device
+from train.objectives.base import LOSS_REPORT, METRICS_REPORT, Objective
 
 REFERENCE_REPORT = "reference"  # the reference pass: rows of (pair index, logp_chosen, logp_rejected)
 SEQUENCE_FIELDS = ("tokens", "labels", "loss_mask", "position_ids")

@@ -1,4 +1,4 @@
-"""Next-token prediction: the file and repo stages (blended .bin/.idx sources, FIM) and SFT (ChatML turns).
+"""Next-token prediction: the file, repo and long stages (blended .bin/.idx sources, FIM) and SFT (ChatML turns).
 
 Loss: per-token mean over the whole global batch (TransformerConfig.calculate_per_token_loss): each micro-batch
 returns (sum of token losses, token count); megatron sums gradients over micro-batches and data/context ranks
@@ -23,7 +23,8 @@ from megatron.core.utils import get_batch_on_this_cp_rank
 
 from data.datasets import build_pretrain_datasets, summarize_source
 from data.sft import build_sft_datasets, sft_source
-from train.objectives.base import LOSS_REPORT, SOURCE_REPORT, Objective, to_model_device
+from train.distributed import to_model_device
+from train.objectives.base import LOSS_REPORT, SOURCE_REPORT, Objective
 
 
 def loss_func(loss_mask: torch.Tensor, dataset_id: Optional[torch.Tensor], num_sources: int,
@@ -88,7 +89,7 @@ def forward_step(data_iterator: Iterator[dict], model, packed: bool = False, num
 
 
 class NextToken(Objective):
-    """file / repo: the blended, prepared .bin/.idx sources (data.datasets), FIM applied there."""
+    """file / repo / long: the blended, prepared .bin/.idx sources (data.datasets), FIM applied there."""
 
     @property
     def packed(self) -> bool:
