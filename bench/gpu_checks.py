@@ -158,7 +158,7 @@ def _yarn_packed_case() -> dict:
     from model.config import transformer_config
     from model.shapes import YarnScaling, get_shape
     from tests.hf_reference import random_hf_model
-    from train.trainer import pack_micro_batch
+    from train.objectives.lm import pack_micro_batch
 
     shape, yarn, lengths = get_shape("0.5b", num_layers=2, vocab_size=1024), YarnScaling(factor=4.0), (48, 80)
     hf = random_hf_model(shape, seed=0, yarn=yarn)

@@ -18,7 +18,6 @@ from omegaconf import MISSING
 
 from data.config import DataConfig
 from model.shapes import ModelShape, YarnScaling, get_shape
-from recipes.stages import BUILTIN_STAGES as STAGES  # noqa: F401 (re-exported: recipes.stages owns the list)
 
 _SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                "head_dim", "vocab_size", "tied_embeddings")

@@ -83,6 +83,7 @@ class Trainer:
         parallel = recipe.parallel
         init_model_parallel(parallel.tp, parallel.pp, parallel.vpp, parallel.cp, seed=recipe.train.seed)
         self.shape = recipe.model_shape()
+        self.transformer_impl = resolve_transformer_impl(recipe.model.transformer_impl)  # the layer spec built
         self.config = megatron_args.build_transformer_config(recipe, calculate_per_token_loss=True)
         self.model: List[DistributedDataParallel] = self._build_model_chunks()
         self.optimizer = get_megatron_optimizer(megatron_args.optimizer_config(recipe), self.model)
