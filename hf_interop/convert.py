@@ -59,9 +59,8 @@ import torch
 from data.tokenizer import EOD, IM_END, SPECIAL_TOKENS
 from hf_interop.files import CONFIG, DEFAULT_MAX_SHARD, HFWeights, read_config, read_json, write_hf_weights, write_json
 from hf_interop.names import (
-    SHAPE_FIELD_TO_HF_KEY,
-    VARIANT_FIELDS,
     CheckpointMismatchError,
+    architecture_fields,
     hf_config_for,
     hf_to_megatron,
     load_into_megatron,
@@ -72,6 +71,7 @@ from hf_interop.names import (
 from hf_interop.sidecar import CONVERT_INFO, GENERATION_CONFIG, SIDECAR_DIR, TOKENIZER_FILES, Sidecar
 from model.build import build_gpt_model
 from model.config import transformer_config
+from model.families import family_of
 from model.shapes import ModelShape, YarnScaling
 from recipes.schema import ModelConfig, Recipe, StageConfig
 from recipes.stages import UnknownStage, stage_spec
@@ -82,10 +82,6 @@ from train.megatron_args import DTYPES
 log = logging.getLogger("convert")
 
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
-# Fields that change the tensors or the network; rms_norm_eps and the context length are variants (hf_map).
-# rope_theta is no tensor's shape: an import records config.json's value and a run resolves the base it trains
-# with from it and the stage (recipes.validate.rope_base_in_use), so a stage-1 recipe imports released weights.
-ARCHITECTURE_FIELDS = tuple(f for f in SHAPE_FIELD_TO_HF_KEY if f not in (*VARIANT_FIELDS, "rope_theta"))
 MODEL_KEY_ROOTS = ("embedding", "decoder", "output_layer")  # dist-checkpoint keys of the GPTModel itself
 
 
@@ -179,10 +175,11 @@ def _shape_for_import(config: dict, recipe: Optional[Recipe], allow_differing: C
     if recipe is None:
         return shape_from_hf_config(config, allow_differing), yarn
     wanted = recipe.model_shape()
-    stated = shape_from_hf_config(config, allow_differing=tuple(SHAPE_FIELD_TO_HF_KEY))  # the config's values
-    differing = [f"{field}: {getattr(stated, field)!r} in config.json ({SHAPE_FIELD_TO_HF_KEY[field]}) vs "
+    keys = family_of(wanted).HF_CONFIG_KEYS
+    stated = shape_from_hf_config(config, allow_differing=tuple(keys))  # the config's values
+    differing = [f"{field}: {getattr(stated, field)!r} in config.json ({keys[field]}) vs "
                  f"{getattr(wanted, field)!r} in the recipe"
-                 for field in ARCHITECTURE_FIELDS if getattr(stated, field) != getattr(wanted, field)]
+                 for field in architecture_fields(wanted) if getattr(stated, field) != getattr(wanted, field)]
     if differing:
         raise CheckpointMismatchError(
             f"the HF checkpoint is not the recipe's model (model.shape={recipe.model.shape}): "
@@ -260,7 +257,7 @@ class CheckpointSource:
 
 
 def _same_tensors(a: ModelShape, b: ModelShape) -> bool:
-    return all(getattr(a, field) == getattr(b, field) for field in ARCHITECTURE_FIELDS)
+    return all(getattr(a, field) == getattr(b, field) for field in architecture_fields(a))
 
 
 def _export_source(directory: Path, recipe: Optional[Recipe]) -> CheckpointSource:

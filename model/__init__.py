@@ -1,5 +1,6 @@
-"""The Qwen2.5-Coder model on megatron-core: shapes, config, layer specs, build, parameter/FLOP accounting (the
-Hugging Face name mapping is hf_interop.names).
+"""The Qwen2.5-Coder model on megatron-core: shapes, config, layer specs, build, parameter/FLOP accounting; what
+makes Qwen2 Qwen2 (sizes, TransformerConfig fields, HF tensors and config.json keys) is model/families/qwen2.py
+(the Hugging Face conversion mechanics are hf_interop.names).
 
 Importing megatron-core without Transformer Engine and apex emits 6 "... not installed. Falling back to ..."
 UserWarnings per process (12 lines per rank, from megatron.core.optimizer, models.backends, gpt_layer_specs,

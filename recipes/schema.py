@@ -17,7 +17,8 @@ from typing import Optional
 from omegaconf import MISSING
 
 from data.config import DataConfig
-from model.shapes import ModelShape, YarnScaling, get_shape
+from model.families import get_shape
+from model.shapes import ModelShape, YarnScaling
 
 _SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                "head_dim", "vocab_size", "tied_embeddings")
@@ -26,7 +27,7 @@ _SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
 @dataclass
 class ModelConfig:
     shape: str = MISSING
-    """Row of model.shapes.SHAPES: tiny, 0.5b, 1.5b, 3b, 7b, 14b, 32b."""
+    """Row of model.families.SHAPES (model/families/qwen2.py): tiny, 0.5b, 1.5b, 3b, 7b, 14b, 32b."""
     num_layers: Optional[int] = None
     """Shrink the shape's depth (tests, smoke runs); None keeps the released value. Same for the fields below."""
     hidden_size: Optional[int] = None

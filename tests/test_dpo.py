@@ -36,7 +36,7 @@ from data.preference import PairStore, pair_sample
 from data.report import BadInputError
 from data.sft import ChatTemplate
 from data.tokenizer import load_tokenizer
-from model.shapes import get_shape
+from model.families import get_shape
 from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import random_hf_model
 from tests.run_helpers import REPO, environment, train_losses

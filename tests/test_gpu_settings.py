@@ -41,7 +41,7 @@ def _rules(*overrides: str) -> list[str]:
 def tiny_model(gloo):
     from model.build import build_gpt_model
     from model.config import transformer_config
-    from model.shapes import get_shape
+    from model.families import get_shape
     from train.distributed import init_model_parallel
 
     init_model_parallel()
@@ -81,7 +81,7 @@ def test_gradient_accumulation_fusion_needs_apex():
     from megatron.core.tensor_parallel import ColumnParallelLinear
 
     from model.config import grad_accumulation_fusion_available, transformer_config
-    from model.shapes import get_shape
+    from model.families import get_shape
     from train.distributed import init_model_parallel
 
     init_model_parallel()
@@ -103,7 +103,7 @@ def test_weights_without_te_extra_state_load(gloo, tmp_path):
     from model.build import build_gpt_model
     from model.config import transformer_config
     from model.layers import SDPACoreAttention
-    from model.shapes import get_shape
+    from model.families import get_shape
     from train.checkpoint import CheckpointError, load_weights
     from train.distributed import init_model_parallel
 

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from model.shapes import get_shape
+from model.families import get_shape
 from recipes.compose import compose_config, to_recipe
 import data.config as data_config_module
 import recipes.stages as stages_module

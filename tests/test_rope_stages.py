@@ -22,7 +22,8 @@ import sys
 import pytest
 
 from model.config import kernel_fusions
-from model.shapes import YarnScaling, get_shape
+from model.families import get_shape
+from model.shapes import YarnScaling
 from recipes.compose import compose_config, to_recipe
 from recipes.validate import RecipeError, describe_rope, rope_base_in_use
 from tests.run_helpers import FAST, REPO, STDLIB, environment, pretrain_command, run_pretrain, train_losses

@@ -77,7 +77,7 @@ def compare(model, pad_to: int = 1) -> dict:
 
 def test_each_conversation_loses_the_same_packed_as_alone_on_one_rank():
     from hf_interop.names import hf_to_megatron, load_into_megatron
-    from model.shapes import get_shape
+    from model.families import get_shape
     from tests.hf_reference import build_megatron, random_hf_model
     from train.distributed import init_model_parallel
 
@@ -110,7 +110,7 @@ def test_transformer_engine_thd_attention_matches_alone_on_a_gpu():
     if transformer_engine_error():
         pytest.skip(f"Transformer Engine path: {transformer_engine_error()}")
     from hf_interop.names import hf_to_megatron, load_into_megatron
-    from model.shapes import get_shape
+    from model.families import get_shape
     from tests.hf_reference import build_megatron, random_hf_model
     from train.distributed import init_model_parallel
 
@@ -140,7 +140,7 @@ def tp2_worker(out: str) -> None:
 
     from model.build import build_gpt_model
     from model.config import transformer_config
-    from model.shapes import get_shape
+    from model.families import get_shape
     from train.distributed import init_model_parallel
 
     init_model_parallel(tp=2)

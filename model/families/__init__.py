@@ -1,0 +1,45 @@
+"""Model families by name: each module here says what makes its architecture itself (model/families/qwen2.py: its
+sizes, TransformerConfig fields, Hugging Face tensors and config.json keys, parameter count), and the generic
+code (model.config, model.accounting, hf_interop.names) asks `family_of(shape)`.
+
+A second family sits beside qwen2.py with the same names (SHAPES, RELEASED, transformer_fields,
+parameter_breakdown, matmul_parameter_count, HF_* and hf_* facts) and one line in FAMILIES; its shape names must
+not collide with another family's, because a shape is found by its name.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Mapping
+
+from model.families import qwen2
+from model.shapes import ModelShape
+
+FAMILIES: dict[str, ModuleType] = {qwen2.NAME: qwen2}
+DEFAULT_FAMILY = qwen2
+"""The family a config.json without a known model_type is read as (its checks then name the model_type)."""
+
+SHAPES: dict[str, ModelShape] = {name: shape for family in FAMILIES.values() for name, shape in family.SHAPES.items()}
+RELEASED: tuple[str, ...] = tuple(name for family in FAMILIES.values() for name in family.RELEASED)
+
+
+def family_of(shape: ModelShape) -> ModuleType:
+    """The family whose table holds `shape` by name (a shrunk shape keeps its row's name)."""
+    for family in FAMILIES.values():
+        if shape.name in family.SHAPES:
+            return family
+    raise KeyError(f"shape {shape.name!r} is in no model family's table; known: {sorted(SHAPES)}")
+
+
+def family_of_hf_config(config: Mapping) -> ModuleType:
+    """The family whose Hugging Face model_type a config.json dict states; DEFAULT_FAMILY otherwise."""
+    model_type = config.get("model_type")
+    return next((family for family in FAMILIES.values() if family.HF_MODEL_TYPE == model_type), DEFAULT_FAMILY)
+
+
+def get_shape(name: str, **overrides) -> ModelShape:
+    """Look up a shape by name (e.g. "7b"), optionally shrunk by field overrides."""
+    try:
+        shape = SHAPES[name.lower()]
+    except KeyError:
+        raise KeyError(f"unknown model shape {name!r}; choose one of {sorted(SHAPES)}") from None
+    return shape.shrink(**overrides) if overrides else shape
