@@ -2,9 +2,10 @@
 sizes, TransformerConfig fields, Hugging Face tensors and config.json keys, parameter count), and the generic
 code (model.config, model.accounting, hf_interop.names) asks `family_of(shape)`.
 
-A second family sits beside qwen2.py with the same names (SHAPES, RELEASED, transformer_fields,
-parameter_breakdown, matmul_parameter_count, HF_* and hf_* facts) and one line in FAMILIES; its shape names must
-not collide with another family's, because a shape is found by its name.
+A second family sits beside qwen2.py with the same names (NAME, SHAPES, RELEASED, transformer_fields,
+parameter_breakdown, matmul_parameter_count, the HF_* and hf_* facts) and is registered with register_family
+(tests/test_model_families.py registers one); its shape names must not collide with another family's, because a
+shape is found by its name.
 """
 from __future__ import annotations
 
@@ -15,11 +16,25 @@ from model.families import qwen2
 from model.shapes import ModelShape
 
 FAMILIES: dict[str, ModuleType] = {qwen2.NAME: qwen2}
+"""Registered families by name."""
 DEFAULT_FAMILY = qwen2
 """The family a config.json without a known model_type is read as (its checks then name the model_type)."""
 
-SHAPES: dict[str, ModelShape] = {name: shape for family in FAMILIES.values() for name, shape in family.SHAPES.items()}
-RELEASED: tuple[str, ...] = tuple(name for family in FAMILIES.values() for name in family.RELEASED)
+SHAPES: dict[str, ModelShape] = dict(qwen2.SHAPES)
+"""Every registered family's sizes by name."""
+RELEASED = qwen2.RELEASED
+"""The sizes this project trains: Qwen2.5-Coder's six released models."""
+
+
+def register_family(family: ModuleType) -> ModuleType:
+    """Add a family module (the names qwen2.py defines) and its sizes; a size name another family has is refused."""
+    taken = sorted(set(family.SHAPES) & {name for other in FAMILIES.values() if other is not family
+                                         for name in other.SHAPES})
+    if taken:
+        raise ValueError(f"family {family.NAME}: shape names {taken} belong to another family; rename them")
+    FAMILIES[family.NAME] = family
+    SHAPES.update(family.SHAPES)
+    return family
 
 
 def family_of(shape: ModelShape) -> ModuleType:
