@@ -20,7 +20,7 @@ import torch
 
 def build_model(recipe_name: str, layers: int):
     from recipes.compose import compose_config, to_recipe
-    from train.trainer import Trainer
+    from train.trainer import build_inference_model
 
     overrides = [f"+recipe={recipe_name}", "parallel.tp=1", "parallel.pp=1", "parallel.vpp=1", "parallel.cp=1",
                  "parallel.sp=false", "parallel.distributed_optimizer=false", "parallel.overlap_param_gather=false",
@@ -28,7 +28,7 @@ def build_model(recipe_name: str, layers: int):
                  "train.global_batch_size=1", "precision.fp8=null", "precision.dtype=fp32"]
     if layers:
         overrides.append(f"model.num_layers={layers}")
-    model = Trainer(to_recipe(compose_config(overrides), world_size=1), train_iters=1).model
+    model = build_inference_model(to_recipe(compose_config(overrides), world_size=1))
     for chunk in model:
         chunk.eval()
     return model

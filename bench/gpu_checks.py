@@ -78,9 +78,9 @@ def check_settings() -> dict:
     out = {"cuda_initialised_before_launcher": initialised_before,
            "CUDA_DEVICE_MAX_CONNECTIONS": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")}
     from model.config import grad_accumulation_fusion_available, transformer_config
-    from model.shapes import get_shape
+    from model.families import get_shape
     from train.megatron_args import transformer_runtime_kwargs
-    from train.trainer import forward_step
+    from train.objectives.lm import forward_step
 
     init_world()
     shape = get_shape("tiny", vocab_size=256)
@@ -103,7 +103,7 @@ def check_te_numerics() -> dict:
     import torch
 
     from hf_interop.names import hf_to_megatron, load_into_megatron
-    from model.shapes import get_shape
+    from model.families import get_shape
     from tests.hf_reference import random_hf_model, random_tokens
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -156,9 +156,10 @@ def _yarn_packed_case() -> dict:
     from hf_interop.names import hf_to_megatron, load_into_megatron
     from model.build import build_gpt_model
     from model.config import transformer_config
-    from model.shapes import YarnScaling, get_shape
+    from model.families import get_shape
+    from model.shapes import YarnScaling
     from tests.hf_reference import random_hf_model
-    from train.trainer import pack_micro_batch
+    from train.objectives.lm import pack_micro_batch
 
     shape, yarn, lengths = get_shape("0.5b", num_layers=2, vocab_size=1024), YarnScaling(factor=4.0), (48, 80)
     hf = random_hf_model(shape, seed=0, yarn=yarn)
@@ -200,7 +201,7 @@ def check_hf_te() -> dict:
     import torch
 
     from hf_interop.names import megatron_to_hf
-    from model.shapes import get_shape
+    from model.families import get_shape
     from tests.hf_reference import random_hf_model, random_tokens
     from train.checkpoint import load_weights
 
@@ -334,7 +335,7 @@ def _transformers_case(size: str, seq: int) -> dict:
 
     from hf_interop.names import hf_config_for
     from model.accounting import achieved_tflops
-    from model.shapes import get_shape
+    from model.families import get_shape
 
     shape = get_shape(size)
     config = hf_config_for(shape)

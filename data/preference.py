@@ -29,7 +29,6 @@ Cost: like data.sft, ids kept in memory, 5 bytes per id, two rows per pair (the 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -41,7 +40,7 @@ from data.config import DataConfig, split_percentages
 from data.datasets import SPLIT_NAMES, DataValidationError, split_bounds
 from data.filters import check_text
 from data.report import Report
-from data.sft import ROLES, ChatTemplate, SFTDataset, make_sample
+from data.sft import ROLES, ChatTemplate, RaggedRows, SFTDataset, make_sample
 from data.sources import JSONL_SUFFIXES, iter_units, parse_json_line
 from data.tokenizer import Tokenizer, load_tokenizer
 
@@ -93,8 +92,8 @@ def parse_pair(raw: bytes):
     return (messages, record["chosen"], record["rejected"]), "", ""
 
 
-class PairStore:
-    """Every kept pair as two rows (chosen, rejected) of <= max_ids ids in flat arrays; row 2i+1 is rejected."""
+class PairStore(RaggedRows):
+    """Every kept pair as two rows (chosen, rejected) of <= max_ids ids; row 2i+1 is rejected."""
 
     def __init__(self, path: Path, template: ChatTemplate, max_ids: int) -> None:
         self.path = path
@@ -128,29 +127,12 @@ class PairStore:
             for row_ids, row_learnt in rows:
                 ids.append(row_ids)
                 learnt.append(row_learnt)
-        self.offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum([len(x) for x in ids], out=self.offsets[1:])
-        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-        self.learnt = np.concatenate(learnt) if learnt else np.zeros(0, bool)
+        self._keep_rows(ids, learnt)
         self.pad = template.pad
         self.reference: Optional[np.ndarray] = None  # [pairs, 2] float64, set by train.dpo_reference
 
     def __len__(self) -> int:
-        return (len(self.offsets) - 1) // 2
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "report": None}
-
-    def row(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
-        begin, end = self.offsets[index], self.offsets[index + 1]
-        return self.ids[begin:end], self.learnt[begin:end]
-
-    def digest(self) -> str:
-        """sha256 of the rendered, cut rows: changes with the file, tokenizer, system prompt or seq_length."""
-        digest = hashlib.sha256()
-        for array in (self.offsets, self.ids, self.learnt):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return digest.hexdigest()
+        return self.num_rows // 2
 
     def log_summary(self) -> None:
         report = self.report

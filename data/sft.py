@@ -23,7 +23,7 @@ same format as a Jinja chat template; data.hf_export writes it into exported tok
 - Loss (what the model learns): every assistant turn's content tokens and its <|im_end|>, nothing else: not
   <|im_start|>, the role or the "\n" after it (inference supplies "<|im_start|>assistant\n" itself), not system
   or user turns, not padding, and not the "\n" after <|im_end|>: generation stops at <|im_end|> (the chat
-  stages' generation_config.json, train/hf_convert.py), so that newline is template, never generated.
+  stages' generation_config.json, written by hf_interop.convert), so that newline is template, never generated.
   Qwen's binarizer differs: it also trains <|im_start|>/<|im_end|>/"\n" of every turn and, by default, only the
   last assistant turn; here every assistant turn is learnt, as each answers its context.
 - Reuse: ChatTemplate.render(messages, add_generation_prompt) is the one renderer (the preference stage renders
@@ -64,6 +64,7 @@ index).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -194,8 +195,43 @@ def parse_conversation(raw: bytes) -> Tuple[Optional[List[Dict[str, str]]], str,
     return messages, "", ""
 
 
-class ConversationStore:
-    """Every kept conversation, cut to `max_ids` ids, as flat arrays (no per-conversation Python objects)."""
+class RaggedRows:
+    """Rows of ids of different lengths, each with its mask of learnt labels, as three flat arrays (row offsets,
+    ids, learnt): no Python object per row, so workers copy a few arrays. ConversationStore keeps one row per
+    conversation, data.preference.PairStore two per pair."""
+
+    path: Path
+    report: Optional[Report]
+
+    def _keep_rows(self, ids: List[np.ndarray], learnt: List[np.ndarray]) -> None:
+        self.offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in ids], out=self.offsets[1:])
+        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+        self.learnt = np.concatenate(learnt) if learnt else np.zeros(0, bool)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(ids, learnt) of row `index`."""
+        begin, end = self.offsets[index], self.offsets[index + 1]
+        return self.ids[begin:end], self.learnt[begin:end]
+
+    def digest(self) -> str:
+        """sha256 of the rendered, cut rows: changes with the file, tokenizer, system prompt or seq_length."""
+        digest = hashlib.sha256()
+        for array in (self.offsets, self.ids, self.learnt):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+    def __getstate__(self) -> dict:
+        """Loader workers (DALI spawns its own) need the arrays only; the report stays with the builder."""
+        return {**self.__dict__, "report": None}
+
+
+class ConversationStore(RaggedRows):
+    """Every kept conversation, cut to `max_ids` ids, one row each."""
 
     def __init__(self, path: Path, template: ChatTemplate, max_ids: int) -> None:
         if not path.name.lower().endswith(JSONL_SUFFIXES):
@@ -222,21 +258,10 @@ class ConversationStore:
             self.report.add_document(len(kept), {"chatml": (1, len(kept))}, over_budget=len(conversation) > max_ids)
             ids.append(kept)
             learnt.append(cut)
-        self.offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum([len(x) for x in ids], out=self.offsets[1:])
-        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-        self.learnt = np.concatenate(learnt) if learnt else np.zeros(0, bool)
+        self._keep_rows(ids, learnt)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getstate__(self) -> dict:
-        """Loader workers (DALI spawns its own) need the arrays only; the report stays with the builder."""
-        return {**self.__dict__, "report": None}
-
-    def get(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
-        begin, end = self.offsets[index], self.offsets[index + 1]
-        return self.ids[begin:end], self.learnt[begin:end]
+        return self.num_rows
 
     def log_summary(self) -> None:
         report = self.report
@@ -255,7 +280,7 @@ def make_sample(conversations: Sequence[Tuple[np.ndarray, np.ndarray]], seq_leng
     """GPTDataset-shaped item from conversations of <= seq_length + 1 ids together, padded with `pad`.
 
     packed: position ids restart at 0 where each conversation (and the padding) begins; they are what
-    train.trainer.pack_micro_batch reads the boundaries from. Otherwise 0..seq_length-1 (one conversation).
+    train.objectives.lm.pack_micro_batch reads the boundaries from. Otherwise 0..seq_length-1 (one conversation).
     """
     lengths = [len(ids) for ids, _ in conversations]
     if sum(lengths) > seq_length + 1 or (len(lengths) > 1 and not packed):
@@ -339,7 +364,7 @@ class SFTDataset(torch.utils.data.Dataset):
         return order[bounds[index]:bounds[index + 1]]
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        pieces = [self.store.get(int(c)) for c in self.conversations(index)]
+        pieces = [self.store.row(int(c)) for c in self.conversations(index)]
         return make_sample(pieces, self.seq_length, self.pad, self.packed)
 
 

@@ -1,10 +1,11 @@
 """The W&B workspace a user watches, as code: one table of sections and panels over the keys the run writes.
 
 Keys come from train.metrics (loss, lr, grad_norm, tokens_per_s, tflops_per_gpu, mfu, step_time_s, memory_gib,
-val_loss and val_loss/<source> for each data source; DPO's rewards in training and validation, val_ prefixed) and
-evaluation.run_log (eval/<task>/<metric>), all logged at the optimizer step. Runs are grouped as train.metrics
-groups them: by recipe and stage (W&B "Group", e.g. 7b-repo), each run named after its job (run.name;
-launch/k8s.py sets it to the PyTorchJob's name), so the runs of one recipe's restarts and variants sit together.
+val_loss and val_loss/<source> for each data source; each stage's own metrics in training and validation, val_
+prefixed, with the panels its StageSpec lists: recipes.stages) and evaluation.run_log (eval/<task>/<metric>),
+all logged at the optimizer step. Runs are grouped as train.metrics groups them: by recipe and stage (W&B
+"Group", e.g. 7b-repo), each run named after its job (run.name; launch/k8s.py sets it to the PyTorchJob's name),
+so the runs of one recipe's restarts and variants sit together.
 Per-source validation losses and evaluation scores are matched by regular expression: the sources and tasks
 differ per run, and a new one appears without editing this file.
 Saving needs the W&B API (network and WANDB_API_KEY); building the spec does not, so it is checked offline.
@@ -17,6 +18,8 @@ from typing import NamedTuple, Optional, Sequence
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 
+from recipes.stages import STAGE_SPECS
+
 
 class Panel(NamedTuple):
     title: str
@@ -25,7 +28,7 @@ class Panel(NamedTuple):
     log_y: bool = False
 
 
-SECTIONS = {
+RUN_SECTIONS = {  # what every run logs
     "Training": (
         Panel("loss", ["loss", "val_loss"]),
         Panel("validation loss per source", regex=r"^val_loss/.*"),
@@ -43,12 +46,17 @@ SECTIONS = {
         Panel("evaluation pass@1", regex=r"^eval/[^/]+/pass@1$"),
         Panel("evaluation exact match", regex=r"^eval/[^/]+/exact_match$"),
     ),
-    "Preference (DPO)": (  # train.dpo.METRICS, logged beside the loss by stage=dpo runs
-        Panel("DPO rewards", ["rewards_chosen", "rewards_rejected", "reward_margin"]),
-        Panel("DPO validation rewards", ["val_rewards_chosen", "val_rewards_rejected", "val_reward_margin"]),
-        Panel("DPO reward accuracy", ["reward_accuracy", "val_reward_accuracy"]),
-    ),
 }
+
+
+def sections() -> dict[str, tuple[Panel, ...]]:
+    """RUN_SECTIONS, then a section per registered stage with metrics (its StageSpec's panels; a plugin's stage
+    too once its module is imported)."""
+    stages = filter(None, (spec.panels() for spec in STAGE_SPECS.values()))
+    return {**RUN_SECTIONS, **{section: tuple(Panel(title, keys) for title, keys in panels)
+                               for section, panels in stages}}
+
+
 GROUP_BY = "Group"  # the W&B run group: <size>-<stage>
 
 
@@ -59,16 +67,16 @@ def _line_plot(panel: Panel) -> wr.LinePlot:
 
 
 def build_workspace(entity: str, project: str, name: str = "Qwen2.5-Coder training") -> ws.Workspace:
-    """The workspace (not saved): sections open in SECTIONS' order, runs grouped by recipe and stage."""
-    sections = [ws.Section(name=section, panels=[_line_plot(p) for p in panels], is_open=True)
-                for section, panels in SECTIONS.items()]
-    return ws.Workspace(entity=entity, project=project, name=name, sections=sections,
+    """The workspace (not saved): sections open in sections()' order, runs grouped by recipe and stage."""
+    built = [ws.Section(name=section, panels=[_line_plot(p) for p in panels], is_open=True)
+             for section, panels in sections().items()]
+    return ws.Workspace(entity=entity, project=project, name=name, sections=built,
                         runset_settings=ws.RunsetSettings(groupby=[ws.Metric(GROUP_BY)]))
 
 
 def shown(key: str) -> bool:
     """Whether some panel plots metric `key`."""
-    return any(key in p.keys or (p.regex and re.match(p.regex, key)) for ps in SECTIONS.values() for p in ps)
+    return any(key in p.keys or (p.regex and re.match(p.regex, key)) for ps in sections().values() for p in ps)
 
 
 def describe(workspace: ws.Workspace) -> str:

@@ -7,9 +7,9 @@ Megatron (`greedy_batch`): rows share positions; the batch starts at its shortes
 fed its own tokens one step at a time, so nothing is padded and no attention mask is needed. At PP1 (any TP)
 megatron's StaticInferenceContext caches keys and values (one token per row per step after the pre-fill); under
 PP each step runs the whole batch through the pipeline schedule without a cache. The model is built by
-train.trainer.Trainer from the recipe the checkpoint stores, at TP x PP = the world size (one process: TP1/PP1;
-torch_dist reshards on load), with DP/CP 1 and sequence parallelism off (prompts have arbitrary lengths); every
-rank feeds the same tokens and takes the same argmax (GPTModel gathers the vocabulary-parallel logits at PP1,
+train.trainer.build_inference_model (no DDP buffers, no optimizer) from the recipe the checkpoint stores, at
+TP x PP = the world size (one process: TP1/PP1; torch_dist reshards on load), with DP/CP 1 and sequence
+parallelism off (prompts have arbitrary lengths); every rank feeds the same tokens and takes the same argmax (GPTModel gathers the vocabulary-parallel logits at PP1,
 the last stage broadcasts them under PP).
 
 transformers (`hf_decoder`): its own batched `generate`, prompts padded on the left with an attention mask.
@@ -209,19 +209,20 @@ def megatron_decoder(checkpoint: Path, pipeline: Optional[int] = None) -> Callab
 
     from train.checkpoint import load_weights, resolve_checkpoint
     from train.distributed import rank_device
-    from train.trainer import Trainer
+    from train.trainer import build_inference_model
 
     directory = resolve_checkpoint(checkpoint)
-    trainer = Trainer(megatron_recipe(directory, torch.distributed.get_world_size(), pipeline), train_iters=1)
-    load_weights(trainer.model, directory)
-    for chunk in trainer.model:
+    recipe = megatron_recipe(directory, torch.distributed.get_world_size(), pipeline)
+    chunks = build_inference_model(recipe)
+    load_weights(chunks, directory)
+    for chunk in chunks:
         chunk.eval()
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
-        decoder = MegatronKVCache(trainer.model[0], rank_device())
+        decoder = MegatronKVCache(chunks[0], rank_device())
     else:
-        decoder = PipelineForward(trainer.model, rank_device())
+        decoder = PipelineForward(chunks, rank_device())
     return functools.partial(greedy_batch, decoder, load_tokenizer("qwen2.5"),
-                             max_length=trainer.recipe.model_shape().max_position_embeddings)
+                             max_length=recipe.model_shape().max_position_embeddings)
 
 
 class MegatronKVCache:

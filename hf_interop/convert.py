@@ -52,7 +52,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Collection, Mapping, Optional
 
 import torch
@@ -60,9 +59,8 @@ import torch
 from data.tokenizer import EOD, IM_END, SPECIAL_TOKENS
 from hf_interop.files import CONFIG, DEFAULT_MAX_SHARD, HFWeights, read_config, read_json, write_hf_weights, write_json
 from hf_interop.names import (
-    SHAPE_FIELD_TO_HF_KEY,
-    VARIANT_FIELDS,
     CheckpointMismatchError,
+    architecture_fields,
     hf_config_for,
     hf_to_megatron,
     load_into_megatron,
@@ -73,19 +71,17 @@ from hf_interop.names import (
 from hf_interop.sidecar import CONVERT_INFO, GENERATION_CONFIG, SIDECAR_DIR, TOKENIZER_FILES, Sidecar
 from model.build import build_gpt_model
 from model.config import transformer_config
+from model.families import family_of
 from model.shapes import ModelShape, YarnScaling
-from recipes.schema import ModelConfig, Recipe
+from recipes.schema import ModelConfig, Recipe, StageConfig
+from recipes.stages import UnknownStage, stage_spec
 from train.checkpoint import ROPE_BASE, UNRECORDED_ROPE_BASE, load_weights, resolve_checkpoint, save_weights
 from train.distributed import init_model_parallel, init_process_group
+from train.megatron_args import DTYPES
 
 log = logging.getLogger("convert")
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
-# Fields that change the tensors or the network; rms_norm_eps and the context length are variants (hf_map).
-# rope_theta is no tensor's shape: an import records config.json's value and a run resolves the base it trains
-# with from it and the stage (recipes.validate.rope_base_in_use), so a stage-1 recipe imports released weights.
-ARCHITECTURE_FIELDS = tuple(f for f in SHAPE_FIELD_TO_HF_KEY if f not in (*VARIANT_FIELDS, "rope_theta"))
 MODEL_KEY_ROOTS = ("embedding", "decoder", "output_layer")  # dist-checkpoint keys of the GPTModel itself
 
 
@@ -150,16 +146,13 @@ def _single_process_world() -> None:
 
 
 def build_model(shape: ModelShape, yarn: Optional[YarnScaling], dtype: torch.dtype):
-    """GPTModel for `shape` at TP1/PP1 on the CPU, uninitialised (everything is loaded), as one model chunk.
-
-    save_weights/load_weights take megatron DDP chunks and use only `.module`, so a namespace stands in.
-    """
+    """GPTModel for `shape` at TP1/PP1 on the CPU, uninitialised (everything is loaded), as one model chunk."""
     _single_process_world()
     config = transformer_config(shape, use_te=False, yarn=yarn, params_dtype=dtype,
                                 perform_initialization=False, use_cpu_initialization=True)
     module = build_gpt_model(shape, config, transformer_impl="local", yarn=yarn,
                              max_sequence_length=shape.max_position_embeddings)
-    return [SimpleNamespace(module=module)]
+    return [module]
 
 
 def hf_state_dict(state: Mapping[str, torch.Tensor], shape: ModelShape) -> dict[str, torch.Tensor]:
@@ -182,10 +175,11 @@ def _shape_for_import(config: dict, recipe: Optional[Recipe], allow_differing: C
     if recipe is None:
         return shape_from_hf_config(config, allow_differing), yarn
     wanted = recipe.model_shape()
-    stated = shape_from_hf_config(config, allow_differing=tuple(SHAPE_FIELD_TO_HF_KEY))  # the config's values
-    differing = [f"{field}: {getattr(stated, field)!r} in config.json ({SHAPE_FIELD_TO_HF_KEY[field]}) vs "
+    keys = family_of(wanted).HF_CONFIG_KEYS
+    stated = shape_from_hf_config(config, allow_differing=tuple(keys))  # the config's values
+    differing = [f"{field}: {getattr(stated, field)!r} in config.json ({keys[field]}) vs "
                  f"{getattr(wanted, field)!r} in the recipe"
-                 for field in ARCHITECTURE_FIELDS if getattr(stated, field) != getattr(wanted, field)]
+                 for field in architecture_fields(wanted) if getattr(stated, field) != getattr(wanted, field)]
     if differing:
         raise CheckpointMismatchError(
             f"the HF checkpoint is not the recipe's model (model.shape={recipe.model.shape}): "
@@ -228,7 +222,7 @@ def import_hf(hf_dir, out_dir, recipe: Optional[Recipe] = None, allow_differing:
     mcore_state = hf_to_megatron(weights, shape)  # names and shapes checked here, errors name the tensors
     staging = _fresh_output(out_dir)
     chunks = build_model(shape, yarn, target)
-    load_into_megatron(chunks[0].module, mcore_state)
+    load_into_megatron(chunks[0], mcore_state)
     del mcore_state, weights
     save_weights(chunks, staging, rope_base=shape.rope_theta)  # config.json's rope_theta
     Sidecar(staging / SIDECAR_DIR, shape, yarn, DTYPE_NAMES[target], DTYPE_NAMES.get(source_dtype, str(source_dtype)),
@@ -257,18 +251,13 @@ class CheckpointSource:
     shape: ModelShape
     yarn: Optional[YarnScaling]
     origin: str
-    stage: str = "file"
+    chat: bool = False  # trained on ChatML turns (StageSpec.chat): the released Instruct models stop on <|im_end|>
     sidecar: Optional[Path] = None  # MCORE_DIR/hf of the import, when it holds this model's tensors
     reuse_config: bool = False  # ... and its config.json describes this model (same YaRN too)
 
-    @property
-    def chat(self) -> bool:
-        """SFT and DPO train ChatML turns, which end with <|im_end|>: the released Instruct models stop on it."""
-        return self.stage in ("sft", "dpo")
-
 
 def _same_tensors(a: ModelShape, b: ModelShape) -> bool:
-    return all(getattr(a, field) == getattr(b, field) for field in ARCHITECTURE_FIELDS)
+    return all(getattr(a, field) == getattr(b, field) for field in architecture_fields(a))
 
 
 def _export_source(directory: Path, recipe: Optional[Recipe]) -> CheckpointSource:
@@ -286,7 +275,8 @@ def _export_source(directory: Path, recipe: Optional[Recipe]) -> CheckpointSourc
                      start, SIDECAR_DIR, CONVERT_INFO)
     if recipe is None and stored:
         recipe = Recipe(model=ModelConfig(**stored["model"]))
-        recipe.stage.name = stored.get("stage", {}).get("name", "file")
+        stage = stored.get("stage", {})  # the name, and the module of a plugin stage (StageConfig's defaults else)
+        recipe.stage = StageConfig(**{key: stage[key] for key in ("name", "plugin") if key in stage})
         origin = f"the recipe stored in {directory}"
     elif recipe is not None:
         origin = "the recipe on the command line"
@@ -297,10 +287,14 @@ def _export_source(directory: Path, recipe: Optional[Recipe]) -> CheckpointSourc
         raise ConversionError(
             f"{directory} does not record its model (no training recipe, no {SIDECAR_DIR}/{CONVERT_INFO}): pass the "
             "recipe it was trained with, e.g. `convert.py export --mcore DIR --out OUT +recipe=7b`")
+    try:
+        chat = stage_spec(recipe.stage).chat
+    except UnknownStage as error:  # a plugin stage whose module is not on PYTHONPATH here
+        raise ConversionError(f"{directory}: its stage cannot be read here: {error}") from None
     # the base the weights were trained with, whatever the recipe's stage would pick for a fresh init
     shape = dataclasses.replace(recipe.model_shape(), rope_theta=float(common.get(ROPE_BASE, UNRECORDED_ROPE_BASE)))
     yarn = recipe.yarn_scaling()
-    source = CheckpointSource(shape, yarn, origin, stage=recipe.stage.name)
+    source = CheckpointSource(shape, yarn, origin, chat=chat)
     if sidecar is not None and _same_tensors(sidecar.shape, shape):
         source.shape = dataclasses.replace(shape, rms_norm_eps=sidecar.shape.rms_norm_eps)  # instruct eps
         source.sidecar = sidecar.directory
@@ -341,9 +335,9 @@ def load_model(mcore_dir, recipe: Optional[Recipe] = None, dtype=None):
         raise CheckpointMismatchError(f"{directory} has no embedding.word_embeddings.weight: not a GPT model "
                                       "checkpoint (an optimizer-only or foreign checkpoint?)")
     chunks = build_model(source.shape, source.yarn, _dtype(dtype) or embedding.dtype)
-    _check_checkpoint_tensors(chunks[0].module, metadata, directory, source)
+    _check_checkpoint_tensors(chunks[0], metadata, directory, source)
     load_weights(chunks, directory)
-    return chunks[0].module.eval(), source
+    return chunks[0].eval(), source
 
 
 def hf_config_dict(shape: ModelShape, yarn: Optional[YarnScaling], dtype: torch.dtype,

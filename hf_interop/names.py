@@ -1,10 +1,13 @@
-"""Hugging Face Qwen2 <-> megatron-core GPTModel: tensor names, layouts and config.json, in one place.
+"""Hugging Face <-> megatron-core GPTModel: tensor names, layouts and config.json, in one place.
 
 Everything the HF interop needs to know about the two formats lives here (hf_interop.convert imports it), so
-a fact fixed once is fixed for import, export and the parity tests alike.
+a fact fixed once is fixed for import, export and the parity tests alike. What is a family's own (Qwen2's
+tensor names and kinds, config.json keys, the features it refuses) is its module's (model/families/qwen2.py);
+this module implements the kinds (model.families.base) and the checks for any family.
 
 Tensors (full, unsharded TP1/PP1 state dicts; megatron's dist checkpoint reshards later):
-- Most tensors are only renamed (`_LAYER_RULES`, plus embedding/final norm/output in `tensor_rules`).
+- Most tensors are only renamed (the family's HF_LAYER_TENSORS, plus embedding/final norm/output in
+  `tensor_rules`).
   The local spec names the norms `input_layernorm` / `pre_mlp_layernorm`; the Transformer-Engine spec fuses
   them into the next linear as `self_attention.linear_qkv.layer_norm_weight` /
   `mlp.linear_fc1.layer_norm_weight` (`te_names=True`).
@@ -18,7 +21,7 @@ Tensors (full, unsharded TP1/PP1 state dicts; megatron's dist checkpoint reshard
 No tensor is cast or copied except the two concatenations, so HF -> megatron -> HF is bit-identical.
 Inputs are Mappings, so a lazy safetensors view works as well as a dict.
 
-Config (config.json <-> ModelShape): `hf_config_for(shape)` builds a transformers Qwen2Config;
+Config (config.json <-> ModelShape): `hf_config_for(shape)` builds the family's transformers config;
 `shape_from_hf_config(config_dict)` finds the released shape a config.json describes and names the nearest
 shape and the differing fields when none does. transformers 5 moved `rope_theta` (and rope_scaling) into
 `rope_parameters`; released files (transformers 4.43) keep them top-level; both are read.
@@ -30,9 +33,9 @@ from typing import Collection, Mapping, Optional
 
 import torch
 
-from model.shapes import RELEASED, SHAPES, ModelShape, YarnScaling
-
-RENAME, QKV, GATE_UP = "rename", "qkv", "gate_up"
+from model.families import family_of, family_of_hf_config
+from model.families.base import GATE_UP, QKV, RENAME
+from model.shapes import ModelShape, YarnScaling
 
 
 class CheckpointMismatchError(ValueError):
@@ -48,64 +51,37 @@ class TensorRule:
     kind: str  # RENAME: one HF tensor; QKV: (q, k, v) per KV group; GATE_UP: cat(gate, up)
 
 
-# Per-layer rules, names relative to "model.layers.{i}." (HF) and "decoder.layers.{i}." (megatron).
-# None in the megatron column means "the norm name of the chosen spec" (see _norm_names).
-_LAYER_RULES: tuple[tuple[tuple[str, ...], Optional[str], str], ...] = (
-    (("input_layernorm.weight",), None, RENAME),
-    (("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-     "self_attention.linear_qkv.weight", QKV),
-    (("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
-     "self_attention.linear_qkv.bias", QKV),
-    (("self_attn.o_proj.weight",), "self_attention.linear_proj.weight", RENAME),
-    (("post_attention_layernorm.weight",), None, RENAME),
-    (("mlp.gate_proj.weight", "mlp.up_proj.weight"), "mlp.linear_fc1.weight", GATE_UP),
-    (("mlp.down_proj.weight",), "mlp.linear_fc2.weight", RENAME),
-)
-
-
-def _norm_names(te_names: bool) -> dict[str, str]:
-    if te_names:  # TE spec: IdentityOp norms, the weights live inside TELayerNormColumnParallelLinear
-        return {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
-                "post_attention_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
-    return {"input_layernorm.weight": "input_layernorm.weight",
-            "post_attention_layernorm.weight": "pre_mlp_layernorm.weight"}
+# The Transformer-Engine spec has IdentityOp norms: their weights live inside TELayerNormColumnParallelLinear.
+_TE_NORM_NAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+                  "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
 
 
 def tensor_rules(shape: ModelShape, te_names: bool = False) -> list[TensorRule]:
     """Every megatron tensor of `shape` with its HF source(s), in model order."""
-    norms = _norm_names(te_names)
-    rules = [TensorRule(("model.embed_tokens.weight",), "embedding.word_embeddings.weight", RENAME)]
+    family = family_of(shape)
+    rules = [TensorRule((family.HF_EMBEDDING,), "embedding.word_embeddings.weight", RENAME)]
     for layer in range(shape.num_layers):
         hf_prefix, megatron_prefix = f"model.layers.{layer}.", f"decoder.layers.{layer}."
-        for hf_names, megatron_name, kind in _LAYER_RULES:
-            rules.append(TensorRule(
-                tuple(hf_prefix + name for name in hf_names),
-                megatron_prefix + (megatron_name or norms[hf_names[0]]),
-                kind,
-            ))
-    rules.append(TensorRule(("model.norm.weight",), "decoder.final_layernorm.weight", RENAME))
+        for hf_names, megatron_name, kind in family.HF_LAYER_TENSORS:
+            if te_names:
+                megatron_name = _TE_NORM_NAMES.get(megatron_name, megatron_name)
+            rules.append(TensorRule(tuple(hf_prefix + name for name in hf_names), megatron_prefix + megatron_name,
+                                    kind))
+    rules.append(TensorRule((family.HF_FINAL_NORM,), "decoder.final_layernorm.weight", RENAME))
     if not shape.tied_embeddings:
-        rules.append(TensorRule(("lm_head.weight",), "output_layer.weight", RENAME))
+        rules.append(TensorRule((family.HF_OUTPUT,), "output_layer.weight", RENAME))
     return rules
 
 
 def hf_tensor_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
     """Expected shape of every HF tensor (lm_head only when untied), e.g. 7B q_proj.weight (3584, 3584)."""
-    h, hd, ffn = shape.hidden_size, shape.head_dim, shape.ffn_hidden_size
-    q_rows, kv_rows = shape.num_attention_heads * hd, shape.num_query_groups * hd
-    per_layer = {
-        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-        "self_attn.q_proj.weight": (q_rows, h), "self_attn.q_proj.bias": (q_rows,),
-        "self_attn.k_proj.weight": (kv_rows, h), "self_attn.k_proj.bias": (kv_rows,),
-        "self_attn.v_proj.weight": (kv_rows, h), "self_attn.v_proj.bias": (kv_rows,),
-        "self_attn.o_proj.weight": (h, q_rows),
-        "mlp.gate_proj.weight": (ffn, h), "mlp.up_proj.weight": (ffn, h), "mlp.down_proj.weight": (h, ffn),
-    }
-    shapes = {"model.embed_tokens.weight": (shape.vocab_size, h), "model.norm.weight": (h,)}
+    family, h = family_of(shape), shape.hidden_size
+    shapes = {family.HF_EMBEDDING: (shape.vocab_size, h), family.HF_FINAL_NORM: (h,)}
     for layer in range(shape.num_layers):
-        shapes.update({f"model.layers.{layer}.{name}": dims for name, dims in per_layer.items()})
+        shapes.update({f"model.layers.{layer}.{name}": dims
+                       for name, dims in family.hf_layer_tensor_shapes(shape).items()})
     if not shape.tied_embeddings:
-        shapes["lm_head.weight"] = (shape.vocab_size, h)
+        shapes[family.HF_OUTPUT] = (shape.vocab_size, h)
     return shapes
 
 
@@ -135,10 +111,8 @@ def unpack_qkv(qkv: torch.Tensor, shape: ModelShape) -> tuple[torch.Tensor, torc
     """Inverse of pack_qkv: megatron linear_qkv -> contiguous HF (q, k, v)."""
     groups, head_dim = shape.num_query_groups, shape.head_dim
     q_rows = shape.num_attention_heads // groups * head_dim
-    if qkv.shape[0] != groups * (q_rows + 2 * head_dim):
-        raise CheckpointMismatchError(
-            f"linear_qkv has {qkv.shape[0]} rows; shape {shape.name} needs {groups * (q_rows + 2 * head_dim)}"
-        )
+    if qkv.shape[0] != shape.qkv_rows:
+        raise CheckpointMismatchError(f"linear_qkv has {qkv.shape[0]} rows; shape {shape.name} needs {shape.qkv_rows}")
     rest = qkv.shape[1:]
     grouped = qkv.reshape(groups, q_rows + 2 * head_dim, *rest)
     q, k, v = grouped.split([q_rows, head_dim, head_dim], dim=1)
@@ -198,7 +172,8 @@ def hf_to_megatron(
 ) -> dict[str, torch.Tensor]:
     """HF Qwen2ForCausalLM state dict -> full megatron GPTModel state dict (no `_extra_state` entries)."""
     what = f"HF state dict for shape {shape.name}"
-    names = {n for n in _drop_tied_copy(hf_state_dict, "lm_head.weight", "model.embed_tokens.weight", shape)
+    family = family_of(shape)
+    names = {n for n in _drop_tied_copy(hf_state_dict, family.HF_OUTPUT, family.HF_EMBEDDING, shape)
              if not n.endswith("rotary_emb.inv_freq")}  # a derived buffer some old exports saved
     expected = hf_tensor_shapes(shape)
     _check_names(names, expected, what)
@@ -254,24 +229,15 @@ def load_into_megatron(model: torch.nn.Module, mcore_state_dict: Mapping[str, to
 
 
 # ------------------------------------------------------------------------------------------- config.json
-# ModelShape field -> Qwen2 config.json key. head_dim is absent from the released files (it is
-# hidden_size // num_attention_heads for all six); rope_theta sits in rope_parameters in transformers 5.
-SHAPE_FIELD_TO_HF_KEY = {
-    "hidden_size": "hidden_size",
-    "ffn_hidden_size": "intermediate_size",
-    "num_layers": "num_hidden_layers",
-    "num_attention_heads": "num_attention_heads",
-    "num_query_groups": "num_key_value_heads",
-    "head_dim": "head_dim",
-    "vocab_size": "vocab_size",
-    "tied_embeddings": "tie_word_embeddings",
-    "rope_theta": "rope_theta",
-    "rms_norm_eps": "rms_norm_eps",
-    "max_position_embeddings": "max_position_embeddings",
-}
-# Fields taken from the config rather than matched: the 14B/32B instruct models use rms_norm_eps 1e-6 where
-# the base models use 1e-5 (same tensors), and the context length does not change any tensor.
-VARIANT_FIELDS = ("rms_norm_eps", "max_position_embeddings")
+def architecture_fields(shape: ModelShape) -> tuple[str, ...]:
+    """ModelShape fields that change the tensors or the network: the family's config.json fields except its
+    variants (HF_VARIANT_FIELDS: rms_norm_eps, the context length) and rope_theta, which is no tensor's shape: an
+    import records config.json's value and a run resolves the base it trains with from it and the stage
+    (recipes.validate.rope_base_in_use), so a stage-1 recipe imports released weights."""
+    family = family_of(shape)
+    return tuple(f for f in family.HF_CONFIG_KEYS if f not in (*family.HF_VARIANT_FIELDS, "rope_theta"))
+
+
 YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.0, "truncate": True}
 _YARN_KEYS = {"rope_type", "type", "rope_theta", "factor", "original_max_position_embeddings",
               "attention_factor", *YARN_DEFAULTS}
@@ -315,15 +281,16 @@ def yarn_from_hf_config(config: Mapping) -> Optional[YarnScaling]:
     )
 
 
-def _shape_values(config: Mapping) -> dict:
-    """ModelShape field values a config.json dict states (defaults as Qwen2Config applies them)."""
-    missing = [key for field, key in SHAPE_FIELD_TO_HF_KEY.items()
+def _shape_values(config: Mapping, keys: Mapping[str, str]) -> dict:
+    """ModelShape field values a config.json dict states under the family's `keys` (defaults as transformers'
+    config applies them)."""
+    missing = [key for field, key in keys.items()
                if field not in ("head_dim", "rope_theta", "tied_embeddings") and key not in config]
     if missing:
         raise CheckpointMismatchError(f"config.json lacks {missing}")
-    values = {field: config[key] for field, key in SHAPE_FIELD_TO_HF_KEY.items() if key in config}
-    values.setdefault("head_dim", config["hidden_size"] // config["num_attention_heads"])
-    values["tied_embeddings"] = bool(config.get("tie_word_embeddings", False))  # Qwen2Config's default
+    values = {field: config[key] for field, key in keys.items() if key in config}
+    values.setdefault("head_dim", config[keys["hidden_size"]] // config[keys["num_attention_heads"]])
+    values["tied_embeddings"] = bool(config.get(keys["tied_embeddings"], False))  # Qwen2Config's default
     rope = _rope_dict(config) or {}
     values["rope_theta"] = float(rope.get("rope_theta", config.get("rope_theta", 10_000.0)))
     yarn = yarn_from_hf_config(config)
@@ -332,53 +299,45 @@ def _shape_values(config: Mapping) -> dict:
     return values
 
 
-def _check_architecture(config: Mapping) -> None:
-    """Qwen2 features this project's model does not implement, refused by name."""
-    problems = []
-    if config.get("model_type", "qwen2") != "qwen2":
-        problems.append(f"model_type={config['model_type']!r} (expected 'qwen2')")
-    if config.get("hidden_act", "silu") != "silu":
-        problems.append(f"hidden_act={config['hidden_act']!r} (expected 'silu')")
-    if config.get("use_sliding_window", False):
-        problems.append("use_sliding_window=true (Qwen2.5-Coder uses full attention)")
+def shape_from_hf_config(config: Mapping, allow_differing: Collection[str] = ()) -> ModelShape:
+    """The released shape a config.json dict describes (its family: model.families.family_of_hf_config).
+
+    Architecture fields must match one of the family's released shapes exactly, except the fields named in
+    `allow_differing` (e.g. ("num_layers", "vocab_size") for shrunk test checkpoints), which are taken from
+    the config like the family's HF_VARIANT_FIELDS. Raises CheckpointMismatchError naming the nearest shape and
+    every field that differs from it otherwise, or the features the family refuses (unsupported_hf_config).
+    """
+    family = family_of_hf_config(config)
+    problems = family.unsupported_hf_config(config)
     if problems:
         raise CheckpointMismatchError("unsupported config.json: " + "; ".join(problems))
-
-
-def shape_from_hf_config(config: Mapping, allow_differing: Collection[str] = ()) -> ModelShape:
-    """The released shape a Qwen2 config.json dict describes.
-
-    Architecture fields must match one of the six released shapes exactly, except the fields named in
-    `allow_differing` (e.g. ("num_layers", "vocab_size") for shrunk test checkpoints), which are taken from
-    the config like VARIANT_FIELDS. Raises CheckpointMismatchError naming the nearest shape and every field
-    that differs from it otherwise.
-    """
-    _check_architecture(config)
-    unknown = set(allow_differing) - set(SHAPE_FIELD_TO_HF_KEY)
+    keys = family.HF_CONFIG_KEYS
+    unknown = set(allow_differing) - set(keys)
     if unknown:
         raise ValueError(f"allow_differing names unknown shape fields {sorted(unknown)}")
-    values = _shape_values(config)
-    taken_from_config = set(VARIANT_FIELDS) | set(allow_differing)
+    values = _shape_values(config, keys)
+    taken_from_config = set(family.HF_VARIANT_FIELDS) | set(allow_differing)
 
     def differences(shape: ModelShape) -> dict:
         return {field: (getattr(shape, field), value) for field, value in values.items()
                 if field not in taken_from_config and getattr(shape, field) != value}
 
-    ranked = sorted(RELEASED, key=lambda name: len(differences(SHAPES[name])))
-    nearest = SHAPES[ranked[0]]
+    ranked = sorted(family.RELEASED, key=lambda name: len(differences(family.SHAPES[name])))
+    nearest = family.SHAPES[ranked[0]]
     differing = differences(nearest)
     if differing:
         detail = ", ".join(f"{field}: {have!r} in {nearest.name} vs {got!r} in config.json "
-                           f"({SHAPE_FIELD_TO_HF_KEY[field]})" for field, (have, got) in differing.items())
+                           f"({keys[field]})" for field, (have, got) in differing.items())
         raise CheckpointMismatchError(
-            f"config.json matches no supported shape {list(RELEASED)}; nearest is {nearest.name}, differing in "
-            f"{detail}"
+            f"config.json matches no supported shape {list(family.RELEASED)}; nearest is {nearest.name}, "
+            f"differing in {detail}"
         )
     return nearest.shrink(**{field: values[field] for field in taken_from_config if field in values})
 
 
 def hf_config_for(shape: ModelShape, yarn: Optional[YarnScaling] = None, **overrides):
-    """A transformers Qwen2Config for `shape` (and YaRN), as the released config.json files state it.
+    """The transformers config of `shape`'s family (Qwen2Config) with YaRN, as the released config.json files
+    state it.
 
     With YaRN, max_position_embeddings = original x factor (131,072 for Qwen2.5-Coder): the real context,
     no transformers consistency warning, and the factor transformers 4.51-4.53 infer from it is right too.
@@ -393,28 +352,12 @@ def hf_config_for(shape: ModelShape, yarn: Optional[YarnScaling] = None, **overr
                 "original_max_position_embeddings": yarn.original_max_position_embeddings,
                 "beta_fast": float(yarn.beta_fast), "beta_slow": float(yarn.beta_slow)}
         max_positions = int(yarn.original_max_position_embeddings * yarn.factor)
-    kwargs = dict(
-        architectures=["Qwen2ForCausalLM"],
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.ffn_hidden_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_query_groups,
-        hidden_act="silu",
-        max_position_embeddings=max_positions,
-        rms_norm_eps=shape.rms_norm_eps,
-        tie_word_embeddings=shape.tied_embeddings,
-        use_sliding_window=False,
-        max_window_layers=shape.num_layers,
-        attention_dropout=0.0,
-    )
-    if shape.head_dim != shape.hidden_size // shape.num_attention_heads:
-        kwargs["head_dim"] = shape.head_dim
+    family = family_of(shape)
+    kwargs = dict(family.hf_config_fields(shape), max_position_embeddings=max_positions)
     if int(transformers.__version__.split(".")[0]) >= 5:
         kwargs["rope_parameters"] = {**rope, "rope_theta": shape.rope_theta}
     else:
         kwargs["rope_theta"] = shape.rope_theta
         kwargs["rope_scaling"] = None if yarn is None else {**rope, "type": "yarn"}
     kwargs.update(overrides)
-    return transformers.Qwen2Config(**kwargs)
+    return getattr(transformers, family.HF_CONFIG_CLASS)(**kwargs)

@@ -81,7 +81,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import warnings
-
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")  # TE/apex fallback notices
     sys.exit(main())

@@ -37,9 +37,6 @@ def _checkpoint_rope_base(load):
 
 @hydra.main(config_path="../recipes", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")  # TE/apex fallback notices
     from recipes.compose import to_recipe
     from recipes.planner import make_plan, render
 

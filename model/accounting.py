@@ -1,6 +1,7 @@
 """Parameter and FLOP accounting for a ModelShape: the numbers the planner and the MFU log use.
 
-Parameters (exact; the tests check them against megatron and transformers built on the meta device):
+The parameter counts are the shape's family's (model.families; Qwen2's below); the FLOP formula is any
+decoder's. Parameters (exact; the tests check them against megatron and transformers built on the meta device):
     embedding V*h, counted once when tied (0.5B/1.5B/3B) and twice (embedding + output layer) when untied;
     per layer: QKV h*(n+2g)*d + bias (n+2g)*d, output projection n*d*h, SwiGLU 3*h*f, two RMSNorms 2*h;
     final RMSNorm h.  (h hidden, f ffn, n heads, g KV groups, d head_dim, V vocab rows, L layers)
@@ -26,22 +27,13 @@ Training FLOPs per token (forward + backward = 3 x forward; a matmul of m x k by
 """
 from __future__ import annotations
 
+from model.families import family_of
 from model.shapes import ModelShape
 
 
 def parameter_breakdown(shape: ModelShape) -> dict[str, int]:
-    """Parameters by part; 'output_layer' is 0 for tied shapes (the embedding is counted once)."""
-    h, d = shape.hidden_size, shape.head_dim
-    qkv_rows = (shape.num_attention_heads + 2 * shape.num_query_groups) * d
-    per_layer_attention = h * qkv_rows + qkv_rows + shape.num_attention_heads * d * h
-    per_layer_mlp = 3 * h * shape.ffn_hidden_size
-    return {
-        "embedding": shape.vocab_size * h,
-        "attention": shape.num_layers * per_layer_attention,
-        "mlp": shape.num_layers * per_layer_mlp,
-        "norms": shape.num_layers * 2 * h + h,
-        "output_layer": 0 if shape.tied_embeddings else shape.vocab_size * h,
-    }
+    """Parameters by part (the family's count); 'output_layer' is 0 for tied shapes (embedding counted once)."""
+    return family_of(shape).parameter_breakdown(shape)
 
 
 def parameter_count(shape: ModelShape) -> int:
@@ -50,10 +42,8 @@ def parameter_count(shape: ModelShape) -> int:
 
 
 def matmul_parameter_count(shape: ModelShape) -> int:
-    """Weights multiplied for every token: the linear layers plus the (possibly tied) output layer."""
-    h, d, n = shape.hidden_size, shape.head_dim, shape.num_attention_heads
-    per_layer = h * (n + 2 * shape.num_query_groups) * d + n * d * h + 3 * h * shape.ffn_hidden_size
-    return shape.num_layers * per_layer + shape.vocab_size * h
+    """Weights multiplied for every token: the linear layers plus the (possibly tied) output layer (the family's)."""
+    return family_of(shape).matmul_parameter_count(shape)
 
 
 def training_flops_per_token(shape: ModelShape, seq_length: int, causal: bool = False) -> float:

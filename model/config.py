@@ -1,8 +1,9 @@
-"""Shape -> megatron-core TransformerConfig: the Qwen2 architecture in megatron's vocabulary.
+"""Shape -> megatron-core TransformerConfig: the shape's family in megatron's vocabulary.
 
-The architecture half (SwiGLU, RMSNorm with the shape's eps, bias on Q/K/V only, GQA, head_dim, no dropout)
-comes from the shape; everything about parallelism, precision and recompute arrives as `runtime` keyword
-arguments built in one place (train.megatron_args.transformer_runtime_kwargs) — this module never decides them.
+The architecture half (for Qwen2: SwiGLU, RMSNorm with the shape's eps, bias on Q/K/V only, GQA, head_dim, no
+dropout) is the family's (model.families, `transformer_fields`); everything about parallelism, precision and
+recompute arrives as `runtime` keyword arguments built in one place (train.megatron_args.
+transformer_runtime_kwargs) — this module never decides them.
 
 Fusions: TE and apex provide fused kernels; without them megatron falls back to torch for everything except
 `gradient_accumulation_fusion` and `persist_layer_norm`. `gradient_accumulation_fusion` needs apex's
@@ -16,9 +17,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from model.families import family_of
 from model.shapes import ModelShape, YarnScaling
 
 
@@ -62,28 +63,6 @@ def kernel_fusions(use_te: bool, yarn: Optional[YarnScaling]) -> dict:
     )
 
 
-def architecture_kwargs(shape: ModelShape) -> dict:
-    """TransformerConfig fields that define the Qwen2 architecture of `shape`."""
-    return dict(
-        num_layers=shape.num_layers,
-        hidden_size=shape.hidden_size,
-        ffn_hidden_size=shape.ffn_hidden_size,
-        num_attention_heads=shape.num_attention_heads,
-        num_query_groups=shape.num_query_groups,
-        kv_channels=shape.head_dim,
-        add_qkv_bias=True,
-        add_bias_linear=False,
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        normalization="RMSNorm",
-        layernorm_epsilon=shape.rms_norm_eps,
-        rotary_interleaved=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        init_method_std=0.02,
-    )
-
-
 def transformer_config(
     shape: ModelShape,
     *,
@@ -93,7 +72,7 @@ def transformer_config(
 ) -> TransformerConfig:
     """Build the TransformerConfig for `shape`; `runtime` carries parallel/precision/recompute fields."""
     params_dtype = runtime.pop("params_dtype", torch.float32)
-    kwargs = architecture_kwargs(shape)
+    kwargs = family_of(shape).transformer_fields(shape)
     kwargs.update(
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,

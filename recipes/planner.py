@@ -16,6 +16,7 @@ from model.accounting import parameter_breakdown, parameter_count, training_flop
 from model.shapes import ModelShape
 from recipes.gpus import get_gpu
 from recipes.schema import Recipe
+from recipes.stages import stage_spec
 from recipes.validate import describe_rope, validate
 from recipes.world import Layout, layout_of, recipe_world_size
 
@@ -29,8 +30,7 @@ def _layer_parameters(shape: ModelShape, tp: int) -> tuple[int, int]:
     """(parameters of one layer on one TP rank, of which linear weights) from model.accounting's breakdown."""
     parts = parameter_breakdown(shape)
     sharded = (parts["attention"] + parts["mlp"]) // shape.num_layers  # QKV (+bias), proj, fc1, fc2
-    qkv_bias = (shape.num_attention_heads + 2 * shape.num_query_groups) * shape.head_dim
-    return sharded // tp + 2 * shape.hidden_size, (sharded - qkv_bias) // tp
+    return sharded // tp + 2 * shape.hidden_size, (sharded - shape.qkv_rows) // tp  # less the QKV bias
 
 
 def stage_parameters(shape: ModelShape, layout: Layout) -> list[int]:
@@ -101,8 +101,8 @@ def stage_memory(recipe: Recipe, shape: ModelShape, layout: Layout) -> list[Stag
     g_bytes = 4 if (fp32 or recipe.precision.grad_reduce_in_fp32) else 2
     o_bytes = 8 if fp32 else 12
     shard = layout.dp * layout.cp if recipe.parallel.distributed_optimizer else 1
-    dpo = recipe.stage.name == "dpo"
-    tokens = layout.micro_batch_size * layout.seq_length // layout.cp * (2 if dpo else 1)
+    rows = stage_spec(recipe.stage).rows_per_sample  # sequences per micro-batch item (DPO: a pair)
+    tokens = layout.micro_batch_size * layout.seq_length // layout.cp * rows
     layer_bytes = layer_activation_bytes(shape, layout, tokens, w_bytes)
     layers_per_chunk = shape.num_layers // (layout.pp * layout.vpp)
     _, linear_per_layer = _layer_parameters(shape, layout.tp)
@@ -245,10 +245,8 @@ def make_plan(recipe: Recipe, world_size: Optional[int] = None, recorded_rope_ba
     )
     if recipe.parallel.distributed_optimizer and layout.dp * layout.cp == 1:
         plan.notes.append("distributed optimizer on a single data-parallel rank shards nothing")
-    if recipe.stage.name == "dpo":
-        plan.notes.append("DPO: each micro-batch item is a (chosen, rejected) pair; before step 1 a forward-only "
-                          "pass over every pair computes the reference log-probs (~1/3 of one epoch's compute, "
-                          "no GPU memory beyond a step's)")
+    if stage_spec(recipe.stage).plan_note:
+        plan.notes.append(stage_spec(recipe.stage).plan_note)
     return plan
 
 

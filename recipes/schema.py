@@ -17,10 +17,9 @@ from typing import Optional
 from omegaconf import MISSING
 
 from data.config import DataConfig
-from model.shapes import ModelShape, YarnScaling, get_shape
+from model.families import get_shape
+from model.shapes import ModelShape, YarnScaling
 
-STAGES = ("file", "repo", "long", "sft", "dpo")
-"""Training stages, in order; recipes/stage/NAME.yaml and recipes/layout/SIZE/NAME.yaml exist for each."""
 _SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                "head_dim", "vocab_size", "tied_embeddings")
 
@@ -28,7 +27,7 @@ _SHRINKABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
 @dataclass
 class ModelConfig:
     shape: str = MISSING
-    """Row of model.shapes.SHAPES: tiny, 0.5b, 1.5b, 3b, 7b, 14b, 32b."""
+    """Row of model.families.SHAPES (model/families/qwen2.py): tiny, 0.5b, 1.5b, 3b, 7b, 14b, 32b."""
     num_layers: Optional[int] = None
     """Shrink the shape's depth (tests, smoke runs); None keeps the released value. Same for the fields below."""
     hidden_size: Optional[int] = None
@@ -123,8 +122,11 @@ class OptimizerConfig:
 @dataclass
 class StageConfig:
     name: str = "file"
-    """One of STAGES: file (8K next-token + FIM), repo (32K repo-level, FP8), long (repo at 128K, YaRN x4),
-    sft or dpo."""
+    """A registered stage (recipes.stages): file (8K next-token + FIM), repo (32K repo-level, FP8), long (repo at
+    128K, YaRN x4), sft or dpo."""
+    plugin: Optional[str] = None
+    """Module that registers a stage from outside this repository (recipes.stages.register_stage), imported before
+    the stage registry is asked; None for the stages built in."""
     rope_base: float = 10_000.0
     """RoPE base this stage trains with from a fresh init (the Qwen2.5-Coder report: 10,000 for the file-level
     stage, 1,000,000 from the repo-level stage on; sft/dpo: 1e6, the released models'); see model.rope_base."""
@@ -132,7 +134,7 @@ class StageConfig:
     """True where the stage sets stage.rope_base over whatever checkpoint it loads (repo, long); False (file,
     sft, dpo) keeps the loaded checkpoint's recorded base."""
     dpo_beta: float = 0.1
-    """stage=dpo: beta, the strength of the KL tie to the reference (train.dpo); > 0."""
+    """stage=dpo: beta, the strength of the KL tie to the reference (train.objectives.dpo); > 0."""
     dpo_label_smoothing: float = 0.0
     """stage=dpo: conservative DPO's probability that a pair's label is flipped, in [0, 0.5); 0 = plain DPO."""
     dpo_nll_weight: float = 0.0

@@ -27,8 +27,8 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
   (docs/megatron-quirks.md; grad-norm 1.98 vs 0.417 measured).
 - cp-sequence: seq % (2 x cp) == 0 (load-balanced split into 2 x cp chunks).
 - sp-sequence: with SP the per-CP-rank length seq/cp is split over TP: (seq/cp) % tp == 0.
-- packing-cp: stage=sft with data.packing needs cp == 1: packed (thd) rows under CP need every conversation
-  split into 2 x cp chunks, which neither this project's local attention nor its batch slicing does.
+- packing-cp: a packing stage (sft) with data.packing needs cp == 1: packed (thd) rows under CP need every
+  conversation split into 2 x cp chunks, which neither this project's local attention nor its batch slicing does.
 - fp8-sequence: FP8 GEMMs need the per-CP-rank token count % 16 (32 for mxfp8), and with SP the per-TP-rank
   count too.
 - fp8-impl / fp8-dtype / fp8-gpu / fp8-param: FP8 runs only in Transformer Engine (named explicitly, so `auto`
@@ -43,8 +43,10 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
   parallel.distributed_optimizer: both gather parameters from the optimizer's shards; without it megatron
   silently ignores overlap_param_gather (distributed_data_parallel.py:347), and Megatron-LM refuses FP8
   parameter gathering.
-- dpo: stage.dpo_beta > 0, 0 <= stage.dpo_label_smoothing < 0.5 (at 0.5 both labels weigh the same and nothing
-  is learnt), stage.dpo_nll_weight >= 0.
+- stage-plugin: stage.plugin names a module that imports (it registers an out-of-tree stage: recipes.stages).
+- enum (stage.name): a registered stage (recipes.stages); then the stage's own rules, e.g. dpo:
+  stage.dpo_beta > 0, 0 <= stage.dpo_label_smoothing < 0.5 (at 0.5 both labels weigh the same and nothing is
+  learnt), stage.dpo_nll_weight >= 0.
 - rope-base (when the run starts, `rope_base_in_use`, against the checkpoint it loads or resumes): an explicit
   model.rope_base must equal the base the checkpoint records, except at a stage that switches the base (repo,
   long). Continuing trained weights at another base moves every RoPE frequency; megatron would not notice.
@@ -77,7 +79,8 @@ from typing import Optional
 
 from model.shapes import TRANSFORMER_IMPLS, ModelShape
 from recipes.gpus import FP8_RECIPE_MIN_CAPABILITY, FP8_RECIPE_MIN_TE, GPUS
-from recipes.schema import STAGES, Recipe
+from recipes.schema import Recipe
+from recipes.stages import PluginImportError, StageSpec, UnknownStage, stage_spec
 from recipes.world import layout_of
 
 ENUMS: dict[str, tuple[str, ...]] = {
@@ -88,7 +91,6 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "precision.fp8_amax_compute_algo": ("max", "most_recent"),
     "train.recompute": ("none", "selective", "full"),
     "optimizer.decay_style": ("cosine", "linear", "constant"),
-    "stage.name": STAGES,
     "plan.format": ("text", "json"),
 }
 POSITIVE = ("parallel.tp", "parallel.pp", "parallel.vpp", "parallel.cp", "train.seq_length",
@@ -133,7 +135,7 @@ def tp_width_problems(shape: ModelShape, tp: int) -> list[tuple[str, str]]:
         problems.append(("tp-heads", f"does not divide num_attention_heads={heads}"))
     if groups % tp and tp % groups:
         problems.append(("tp-kv-groups", f"neither divides nor is a multiple of num_query_groups={groups}"))
-    qkv_rows = (heads + 2 * groups) * d
+    qkv_rows = shape.qkv_rows
     if qkv_rows % tp:
         problems.append(("tp-qkv-rows", f"does not divide the fused QKV rows (heads + 2 x groups) x head_dim = "
                                         f"({heads} + 2 x {groups}) x {d} = {qkv_rows}"))
@@ -227,7 +229,7 @@ def _check_pipeline(recipe: Recipe, shape: ModelShape) -> list[Violation]:
     return out
 
 
-def _check_sequence(recipe: Recipe, shape: ModelShape) -> list[Violation]:
+def _check_sequence(recipe: Recipe, shape: ModelShape, spec: Optional[StageSpec]) -> list[Violation]:
     p, prec, seq = recipe.parallel, recipe.precision, recipe.train.seq_length
     out = []
     if p.sp and p.tp == 1:
@@ -236,9 +238,9 @@ def _check_sequence(recipe: Recipe, shape: ModelShape) -> list[Violation]:
     if p.cp > 1 and seq % (2 * p.cp):
         out.append(Violation("cp-sequence", f"train.seq_length={seq} is not divisible by 2 x cp = {2 * p.cp} "
                              f"(context parallelism splits it into 2 x cp chunks); use a multiple of {2 * p.cp}"))
-    if p.cp > 1 and recipe.stage.name == "sft" and recipe.data.packing:
-        out.append(Violation("packing-cp", f"stage=sft packs conversations (data.packing=true), which needs "
-                             f"parallel.cp=1 (got cp={p.cp}); set parallel.cp=1 (SFT rows are short) or "
+    if p.cp > 1 and spec is not None and spec.packs and recipe.data.packing:
+        out.append(Violation("packing-cp", f"stage={recipe.stage.name} packs conversations (data.packing=true), "
+                             f"which needs parallel.cp=1 (got cp={p.cp}); set parallel.cp=1 (SFT rows are short) or "
                              "data.packing=false"))
     per_cp = seq // p.cp
     if p.sp and p.tp > 1 and seq % p.cp == 0 and per_cp % p.tp:
@@ -321,16 +323,15 @@ def installed_transformer_engine() -> Optional[tuple[int, int]]:
     return None
 
 
-def _check_dpo(recipe: Recipe) -> list[Violation]:
-    stage, out = recipe.stage, []
-    if not stage.dpo_beta > 0:
-        out.append(Violation("dpo", f"stage.dpo_beta={stage.dpo_beta} must be > 0 (published DPO recipes use 0.1)"))
-    if not 0 <= stage.dpo_label_smoothing < 0.5:
-        out.append(Violation("dpo", f"stage.dpo_label_smoothing={stage.dpo_label_smoothing} must be in [0, 0.5); "
-                             "0 = plain DPO, e.g. 0.1 for conservative DPO"))
-    if not stage.dpo_nll_weight >= 0:
-        out.append(Violation("dpo", f"stage.dpo_nll_weight={stage.dpo_nll_weight} must be >= 0 (0 = no NLL term)"))
-    return out
+def _stage(recipe: Recipe) -> tuple[Optional[StageSpec], list[Violation]]:
+    """The recipe's stage spec and its own rules; (None, [the reason]) for a stage that is not registered."""
+    try:
+        spec = stage_spec(recipe.stage)
+    except PluginImportError as error:
+        return None, [Violation("stage-plugin", str(error))]
+    except UnknownStage as error:
+        return None, [Violation("enum", str(error))]
+    return spec, [Violation(rule, message) for rule, message in (spec.rules(recipe) if spec.rules else [])]
 
 
 def _check_schedule(recipe: Recipe) -> list[Violation]:
@@ -375,10 +376,11 @@ def check(recipe: Recipe, world_size: Optional[int] = None) -> list[Violation]:
         return out + [Violation("shape", str(error).strip('"'))]
     out += _check_tensor_parallel(recipe, shape)
     out += _check_pipeline(recipe, shape)
-    out += _check_sequence(recipe, shape)
+    spec, stage_rules = _stage(recipe)
+    out += _check_sequence(recipe, shape, spec)
     out += _check_precision(recipe)
     out += _check_schedule(recipe)
-    out += _check_dpo(recipe)
+    out += stage_rules
     if world_size is not None:
         out += _check_world(recipe, world_size)
     return out

@@ -36,11 +36,11 @@ from data.preference import PairStore, pair_sample
 from data.report import BadInputError
 from data.sft import ChatTemplate
 from data.tokenizer import load_tokenizer
-from model.shapes import get_shape
+from model.families import get_shape
 from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import random_hf_model
 from tests.run_helpers import REPO, environment, train_losses
-from train.dpo import DPOSettings, pair_losses
+from train.objectives.dpo import DPOSettings, pair_losses
 
 LN2 = math.log(2.0)
 
@@ -362,25 +362,25 @@ def test_reference_pass_resumes_after_a_kill(tmp_path, gloo):
     expected = store.reference.copy()
 
     calls = []
-    real_pass = trainer.reference_pass
+    real_pass = trainer.forward_only
 
-    def killed_after_two(iterators):
+    def killed_after_two(iterators, step):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt("killed")
-        return real_pass(iterators)
+        return real_pass(iterators, step)
 
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     saved_every, reference.REFERENCE_SAVE_EVERY = reference.REFERENCE_SAVE_EVERY, 1
     try:
-        trainer.reference_pass = killed_after_two
+        trainer.forward_only = killed_after_two
         with pytest.raises(KeyboardInterrupt):
             reference.attach_reference(trainer, recipe, resumed, False, dataset)
         partial = torch.load(resumed / reference.FILE_NAME, weights_only=True)
         assert partial["done"].tolist() == [True] * 8 + [False] * 2
         calls.clear()
-        trainer.reference_pass = lambda iterators: calls.append(1) or real_pass(iterators)
+        trainer.forward_only = lambda iterators, step: calls.append(1) or real_pass(iterators, step)
         reference.attach_reference(trainer, recipe, resumed, False, dataset)
     finally:
         reference.REFERENCE_SAVE_EVERY = saved_every

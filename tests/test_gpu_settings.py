@@ -41,7 +41,7 @@ def _rules(*overrides: str) -> list[str]:
 def tiny_model(gloo):
     from model.build import build_gpt_model
     from model.config import transformer_config
-    from model.shapes import get_shape
+    from model.families import get_shape
     from train.distributed import init_model_parallel
 
     init_model_parallel()
@@ -51,7 +51,7 @@ def tiny_model(gloo):
 
 def test_forward_step_hands_the_batch_to_the_models_device(tiny_model):
     """A model on another device (meta here; cuda on a GPU node) receives the loader's CPU batch there."""
-    from train.trainer import forward_step
+    from train.objectives.lm import forward_step
 
     shape, model = tiny_model
     seen = {}
@@ -81,7 +81,7 @@ def test_gradient_accumulation_fusion_needs_apex():
     from megatron.core.tensor_parallel import ColumnParallelLinear
 
     from model.config import grad_accumulation_fusion_available, transformer_config
-    from model.shapes import get_shape
+    from model.families import get_shape
     from train.distributed import init_model_parallel
 
     init_model_parallel()
@@ -103,7 +103,7 @@ def test_weights_without_te_extra_state_load(gloo, tmp_path):
     from model.build import build_gpt_model
     from model.config import transformer_config
     from model.layers import SDPACoreAttention
-    from model.shapes import get_shape
+    from model.families import get_shape
     from train.checkpoint import CheckpointError, load_weights
     from train.distributed import init_model_parallel
 
@@ -131,7 +131,7 @@ def test_weights_without_te_extra_state_load(gloo, tmp_path):
     (tmp_path / "no-extra").mkdir()
     dist_checkpointing.save({"model": sharded}, str(tmp_path / "no-extra"))
     target = build(2)
-    load_weights([type("Chunk", (), {"module": target})], tmp_path / "no-extra")
+    load_weights([target], tmp_path / "no-extra")  # bare chunks, as inference and conversion pass them
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         if not name.endswith("_extra_state"):
             assert torch.equal(a, b), name
@@ -140,7 +140,7 @@ def test_weights_without_te_extra_state_load(gloo, tmp_path):
     (tmp_path / "no-norm").mkdir()
     dist_checkpointing.save({"model": sharded}, str(tmp_path / "no-norm"))
     with pytest.raises(CheckpointError, match="decoder.final_layernorm.weight"):
-        load_weights([type("Chunk", (), {"module": build(3)})], tmp_path / "no-norm")
+        load_weights([build(3)], tmp_path / "no-norm")
 
 
 def test_cuda_device_max_connections_from_the_recipe():

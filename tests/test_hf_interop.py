@@ -32,7 +32,8 @@ from hf_interop.names import (
     shape_from_hf_config,
     yarn_from_hf_config,
 )
-from model.shapes import RELEASED, YarnScaling, get_shape
+from model.families import RELEASED, get_shape
+from model.shapes import YarnScaling
 from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import assert_logits_match, logits_difference, random_hf_model, random_tokens
 from train.checkpoint import CheckpointError

@@ -31,7 +31,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.shapes import get_shape
+from model.families import get_shape
 from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import assert_logits_match, logits_difference, random_hf_model, random_tokens
 from tests.run_helpers import prepare_code_dataset

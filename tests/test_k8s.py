@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from deploy import k8s
-from recipes.schema import STAGES
+from recipes.stages import BUILTIN_STAGES as STAGES
 from recipes.validate import RecipeError
 from recipes.world import recipe_world_size
 

@@ -21,7 +21,7 @@ from model.accounting import (
 from model.build import build_gpt_model
 from model.config import transformer_config
 from hf_interop.names import hf_config_for
-from model.shapes import RELEASED, get_shape
+from model.families import RELEASED, get_shape
 from train.distributed import init_model_parallel
 
 # Exact counts; the model cards round them ("0.49B" ... "32.5B").

@@ -21,7 +21,8 @@ from hf_interop.names import (
     unpack_qkv,
     yarn_from_hf_config,
 )
-from model.shapes import RELEASED, YarnScaling, get_shape
+from model.families import RELEASED, get_shape
+from model.shapes import YarnScaling
 
 SMALL = get_shape("0.5b", num_layers=2, vocab_size=256)  # 14 heads, 2 KV groups of r=7, head_dim 64
 

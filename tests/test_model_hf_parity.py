@@ -14,7 +14,8 @@ import torch
 
 from model.build import transformer_engine_error
 from hf_interop.names import hf_to_megatron, load_into_megatron, megatron_to_hf
-from model.shapes import RELEASED, YarnScaling, get_shape
+from model.families import RELEASED, get_shape
+from model.shapes import YarnScaling
 from tests.hf_reference import (
     MAX_REL_DIFF,
     assert_logits_match,

@@ -19,7 +19,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from hf_interop.names import hf_to_megatron, load_into_megatron, megatron_to_hf
-from model.shapes import get_shape
+from model.families import get_shape
 from tests.hf_reference import build_megatron, random_hf_model
 from train.distributed import init_model_parallel
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from model.accounting import training_flops_per_token
-from model.shapes import get_shape
+from model.families import get_shape
 from recipes.compose import compose_config, to_recipe
 from recipes.planner import GIB, inflight, make_plan
 from recipes.world import layout_of

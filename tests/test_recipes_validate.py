@@ -6,9 +6,10 @@ import inspect
 
 import pytest
 
-from model.shapes import get_shape
+from model.families import get_shape
 from recipes.compose import compose_config, to_recipe
 import data.config as data_config_module
+import recipes.stages as stages_module
 import recipes.validate as validate_module
 from recipes.validate import RecipeError, check, valid_tp_sizes, validate
 
@@ -30,6 +31,8 @@ BROKEN = [
      ["optimizer.decay_style='wsd' is not one of ('cosine', 'linear', 'constant')"]),
     ("enum-stage", ["+recipe=7b", "stage.name=pretrain"], None, "enum",
      ["stage.name='pretrain' is not one of ('file', 'repo', 'long', 'sft', 'dpo')"]),
+    ("stage-plugin", ["+recipe=7b", "stage.plugin=no_such_package.stage"], None, "stage-plugin",
+     ["stage.plugin='no_such_package.stage' does not import"]),
     ("enum-plan", ["+recipe=7b", "plan.format=yaml"], None, "enum", ["plan.format='yaml'"]),
     ("positive", ["+recipe=7b", "parallel.cp=0"], None, "positive", ["parallel.cp=0 must be >= 1"]),
     ("shape", ["+recipe=7b", "model.shape=13b"], None, "shape", ["unknown model shape '13b'"]),
@@ -119,9 +122,10 @@ def test_rule_is_enforced_with_values_and_fix(overrides, world_size, rule, expec
 def validator_rules() -> set[str]:
     """Every rule name recipes.validate can report, read from the source: the first argument of each
     Violation(...) call, and the rule of each (rule, message) pair collected for it (the TP width rules in
-    recipes/validate.py, the data rules in data/config.py's DataConfig.problems)."""
+    recipes/validate.py, the data rules in data/config.py's DataConfig.problems, each stage's rules in
+    recipes/stages.py)."""
     rules, unread = set(), []
-    for module in (validate_module, data_config_module):
+    for module in (validate_module, data_config_module, stages_module):
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if not isinstance(node, ast.Call):
                 continue

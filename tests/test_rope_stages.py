@@ -22,7 +22,8 @@ import sys
 import pytest
 
 from model.config import kernel_fusions
-from model.shapes import YarnScaling, get_shape
+from model.families import get_shape
+from model.shapes import YarnScaling
 from recipes.compose import compose_config, to_recipe
 from recipes.validate import RecipeError, describe_rope, rope_base_in_use
 from tests.run_helpers import FAST, REPO, STDLIB, environment, pretrain_command, run_pretrain, train_losses
@@ -189,7 +190,7 @@ def test_yarn_on_a_packed_row_equals_each_document_alone(gloo):
     from model.config import transformer_config
     from tests.hf_reference import random_hf_model
     from train.distributed import init_model_parallel
-    from train.trainer import pack_micro_batch
+    from train.objectives.lm import pack_micro_batch
 
     init_model_parallel()
     shape, yarn, lengths = get_shape("tiny", vocab_size=512), YarnScaling(factor=4.0), (24, 40)

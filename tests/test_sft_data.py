@@ -229,12 +229,12 @@ def test_truncation_to_seq_plus_one_is_counted(tmp_path, tok, template):
     path = write_jsonl(tmp_path / "c.jsonl", [pairs, [("system", long_answer), ("user", USER), ("assistant", "ok")]])
     store = ConversationStore(path, template, max_ids=65)
     full, full_learnt = template.render(as_messages(pairs))
-    assert len(store) == 1 and store.get(0)[0].tolist() == full[:65].tolist()
+    assert len(store) == 1 and store.row(0)[0].tolist() == full[:65].tolist()
     assert store.report.over_budget == 1 and store.truncated_ids == len(full) - 65
     # the second conversation's answer starts past 65 ids: counted, not an error, not a row without loss
     assert store.report.skipped["no_loss_after_truncation"]["count"] == 1
     assert store.report.bad_input() == {}
-    item = make_sample([store.get(0)], 64, PAD, packed=False)
+    item = make_sample([store.row(0)], 64, PAD, packed=False)
     assert item["tokens"].tolist() == full[:64].tolist() and item["labels"].tolist() == full[1:65].tolist()
     assert item["loss_mask"].tolist() == [float(x) for x in full_learnt[1:65]]
 

@@ -1,7 +1,7 @@
 """Packed SFT rows (data.packing): every conversation's per-token loss is the same packed as alone, through the model.
 
 Rows are built by data.sft.make_sample from real ChatML conversations (Qwen's default system turn, answers of
-different lengths) and run through train.trainer.forward_step with packed=True, i.e. pack_micro_batch's thd
+different lengths) and run through train.objectives.lm.forward_step with packed=True, i.e. pack_micro_batch's thd
 boundaries, megatron's per-document RoPE and model.layers.SDPACoreAttention's per-document attention. The
 reference is each conversation run alone (tokens ids[:-1], positions 0..n-2) through the same model. Every token
 is compared, learnt or not (fp32, <= 1e-6 absolute on losses of ~12).
@@ -54,7 +54,7 @@ def packed_batch():
 
 def compare(model, pad_to: int = 1) -> dict:
     """Max |packed - alone| per-token loss over every conversation, and the same for the unpacked control."""
-    from train.trainer import forward_step
+    from train.objectives.lm import forward_step
 
     batch, where = packed_batch()
     device = next(model.parameters()).device
@@ -77,7 +77,7 @@ def compare(model, pad_to: int = 1) -> dict:
 
 def test_each_conversation_loses_the_same_packed_as_alone_on_one_rank():
     from hf_interop.names import hf_to_megatron, load_into_megatron
-    from model.shapes import get_shape
+    from model.families import get_shape
     from tests.hf_reference import build_megatron, random_hf_model
     from train.distributed import init_model_parallel
 
@@ -110,7 +110,7 @@ def test_transformer_engine_thd_attention_matches_alone_on_a_gpu():
     if transformer_engine_error():
         pytest.skip(f"Transformer Engine path: {transformer_engine_error()}")
     from hf_interop.names import hf_to_megatron, load_into_megatron
-    from model.shapes import get_shape
+    from model.families import get_shape
     from tests.hf_reference import build_megatron, random_hf_model
     from train.distributed import init_model_parallel
 
@@ -140,7 +140,7 @@ def tp2_worker(out: str) -> None:
 
     from model.build import build_gpt_model
     from model.config import transformer_config
-    from model.shapes import get_shape
+    from model.families import get_shape
     from train.distributed import init_model_parallel
 
     init_model_parallel(tp=2)

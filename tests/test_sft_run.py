@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from data.tokenizer import EOD, IM_START, SPECIAL_TOKENS, load_tokenizer
-from model.shapes import get_shape
+from model.families import get_shape
 from recipes.compose import compose_config, to_recipe
 from tests.hf_reference import random_hf_model
 from tests.run_helpers import FAST, run_pretrain, train_losses

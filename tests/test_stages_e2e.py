@@ -120,7 +120,7 @@ def _check_dpo_start_and_validation(run_dir) -> None:
     """Step 1 of DPO, in every layout: policy == reference to the last bit (the reference pass runs the same
     model, layout and kernels), so every pair's margin is 0, the loss is -log sigmoid(0) = ln 2 and the rewards
     are 0; validation reports the preference metrics beside the DPO loss."""
-    from train.dpo import METRICS
+    from recipes.stages import DPO_METRICS as METRICS
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     first = next(record for record in records if record.get("step") == 1 and "loss" in record)
@@ -153,12 +153,12 @@ def test_loss_report_splits_loss_and_tokens_by_source():
     """What per-source validation sums: each sample's masked loss and tokens under its dataset_id (hand-computed)."""
     import torch
 
-    from train.trainer import _loss_func
+    from train.objectives.lm import loss_func
 
     per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    loss, tokens, reports = _loss_func(mask, torch.tensor([1, 0, 1], dtype=torch.int16), 3, per_token)
+    loss, tokens, reports = loss_func(mask, torch.tensor([1, 0, 1], dtype=torch.int16), 3, per_token)
     assert loss.item() == 1 + 2 + 4 + 7 + 8 + 9 and tokens.item() == 6
     assert reports["lm loss"].tolist() == [31.0, 6.0]
     assert reports["source loss"].tolist() == [[4.0, 1.0], [27.0, 5.0], [0.0, 0.0]]
-    assert "source loss" not in _loss_func(mask, None, 3, per_token)[2]  # SFT samples carry no source
+    assert "source loss" not in loss_func(mask, None, 3, per_token)[2]  # SFT samples carry no source

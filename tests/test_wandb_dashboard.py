@@ -29,7 +29,7 @@ def test_print_builds_the_spec_without_network():
     spec = json.loads(text[text.index("\n{") + 1:])
     assert (spec["entity"], spec["project"]) == ("E", "P")
     sections = spec["spec"]["section"]["panel_bank_config"]["sections"]
-    assert [s["name"] for s in sections] == list(wandb_dashboard.SECTIONS)
+    assert [s["name"] for s in sections] == list(wandb_dashboard.sections())
     dumped = json.dumps(sections)
     for key in ("tokens_per_s", "tflops_per_gpu", "mfu", "memory_gib", "grad_norm", "^val_loss/.*",
                 "^eval/[^/]+/pass@1$"):
@@ -39,7 +39,7 @@ def test_print_builds_the_spec_without_network():
 def test_panels_cover_what_the_run_writes(tmp_path, gloo):
     from evaluation.run_log import RUN_METRICS
     from recipes.compose import compose_config, to_recipe
-    from train.dpo import METRICS as DPO_METRICS
+    from recipes.stages import DPO_METRICS
     from train.metrics import MetricsLogger
 
     recipe = to_recipe(compose_config(["+recipe=tiny", "logging.wandb=false", "logging.progress_bar=false"]))
@@ -55,7 +55,7 @@ def test_panels_cover_what_the_run_writes(tmp_path, gloo):
     written |= {f"eval/humaneval/{m}" for m in RUN_METRICS} | set(DPO_METRICS) | {f"val_{m}" for m in DPO_METRICS}
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "memory_gib", "val_loss/code"} <= written
     assert [key for key in sorted(written) if not wandb_dashboard.shown(key)] == []
-    fixed = {k for panels in wandb_dashboard.SECTIONS.values() for p in panels for k in p.keys}
+    fixed = {k for panels in wandb_dashboard.sections().values() for p in panels for k in p.keys}
     assert fixed - written <= {"mfu"}  # mfu is None on CPU (no peak FLOP/s): written on GPUs only
     assert not wandb_dashboard.shown("loss_scale") and not wandb_dashboard.shown("valid_loss")  # negative controls
     assert not wandb_dashboard.shown("eval/humaneval/problems")

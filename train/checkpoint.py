@@ -36,6 +36,7 @@ import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.validation import StrictHandling
+from megatron.core.utils import unwrap_model
 from torch.distributed.checkpoint.api import CheckpointException
 
 from data.datasets import source_prefixes
@@ -126,9 +127,11 @@ class TrainingState:
 
 
 def _model_state_dict(model_chunks) -> dict:
-    if len(model_chunks) == 1:
-        return {"model": model_chunks[0].module.sharded_state_dict()}
-    return {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(model_chunks)}
+    """Chunks in DDP (training) or bare (inference, conversion): the model's own sharded state either way."""
+    modules = unwrap_model(list(model_chunks))
+    if len(modules) == 1:
+        return {"model": modules[0].sharded_state_dict()}
+    return {f"model{i}": module.sharded_state_dict() for i, module in enumerate(modules)}
 
 
 def _layout_key() -> tuple:
@@ -302,8 +305,8 @@ def _check_rope_base(model_chunks, directory: Path) -> None:
 def _apply_model_state(model_chunks, loaded: dict) -> None:
     """Copy loaded tensors into the chunks; only `_extra_state` entries may be absent (see EXTRA_STATE)."""
     keys = ["model"] if len(model_chunks) == 1 else [f"model{i}" for i in range(len(model_chunks))]
-    for chunk, key in zip(model_chunks, keys):
-        result = chunk.module.load_state_dict(loaded[key], strict=False)
+    for module, key in zip(unwrap_model(list(model_chunks)), keys):
+        result = module.load_state_dict(loaded[key], strict=False)
         wrong = result.unexpected_keys + [k for k in result.missing_keys if not k.endswith(EXTRA_STATE)]
         if wrong:
             raise CheckpointError(f"model state does not match this model: {', '.join(wrong[:6])}"

@@ -1,12 +1,12 @@
 """Micro-batches for the trainer: this data-parallel rank's share of each global batch, resumable.
 
 Every rank of a data-parallel replica (its TP, PP and CP peers) reads the same micro-batches; context
-parallelism slices them later (train.trainer.forward_step). With virtual pipeline stages each model chunk gets
-its own iterator over the same sequence, because megatron's interleaved schedule pulls per chunk.
+parallelism slices them later (train.objectives.lm.forward_step). With virtual pipeline stages each model chunk
+gets its own iterator over the same sequence, because megatron's interleaved schedule pulls per chunk.
 Samples are addressed by index: global batch b holds samples [b*G, (b+1)*G), so resuming at a consumed-sample
 count continues with exactly the samples an uninterrupted run would have seen, for any DP size.
-The stage picks the datasets: file/repo blend the prepared .bin/.idx sources (data.datasets), sft reads ChatML
-conversations from one JSONL file (data.sft); both yield the same sample fields, so the loaders are shared.
+The stage's objective (train.objectives) builds the datasets: blended .bin/.idx sources (data.datasets), ChatML
+conversations (data.sft) or preference pairs (data.preference); the loaders are shared.
 Validation: every evaluation reads the same first `eval_iters` global batches of the validation split, so
 validation losses compare across steps and are the same batches before and after a resume.
 """
@@ -16,44 +16,30 @@ from typing import Callable, Iterator, List, Optional
 
 from megatron.core import parallel_state
 
-from data.datasets import blend_sources, build_pretrain_datasets
 from data.loader import build_loader
-from data.preference import build_preference_datasets, pairs_source
-from data.sft import build_sft_datasets, sft_source
 from data.tokenizer import load_tokenizer
 from recipes.schema import Recipe
-
-DATASET_BUILDERS = {"file": build_pretrain_datasets, "repo": build_pretrain_datasets, "long": build_pretrain_datasets,
-                    "sft": build_sft_datasets, "dpo": build_preference_datasets}
+from train.objectives import objective_for
 
 
 def check_sources(recipe: Recipe) -> None:
-    """Raise DataValidationError for a missing or unreadable source, in well under a second (.idx headers for
-    file/repo, the JSONL path for sft/dpo): train.loop runs it before the model build, which takes minutes at
-    32B. The dataset builders check the rest (empty splits, bad lines) when they run."""
-    data = recipe.data
-    if recipe.stage.name == "sft":
-        sft_source(data)
-    elif recipe.stage.name == "dpo":
-        pairs_source(data)
-    else:
-        blend_sources(data, recipe.model_shape().vocab_size, data.tokenizer)  # every shard of a glob source
+    """Raise DataValidationError for a missing or unreadable source, in well under a second (Objective.
+    check_sources): train.loop runs it before the model build, which takes minutes at 32B. The dataset builders
+    check the rest (empty splits, bad lines) when they run."""
+    objective_for(recipe).check_sources()
 
 
 class DataFeed:
     def __init__(self, recipe: Recipe, num_chunks: int, consumed_samples: int,
                  prepare: Optional[Callable] = None):
-        """prepare(train_ds): runs after the datasets are built, before any loader reads (DPO's reference pass
-        attaches its log-probs to the pairs there, before loader workers copy the dataset)."""
+        """prepare(train_ds): runs after the datasets are built, before any loader reads (train.loop passes the
+        objective's prepare: DPO's reference pass attaches its log-probs to the pairs before loader workers copy
+        the dataset)."""
         train = recipe.train
         self.num_chunks = num_chunks
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
-        if recipe.stage.name not in DATASET_BUILDERS:
-            raise NotImplementedError(
-                f"stage={recipe.stage.name}: no dataset for it yet (have {sorted(DATASET_BUILDERS)})")
-        train_ds, valid_ds = DATASET_BUILDERS[recipe.stage.name](
-            recipe.data,
+        train_ds, valid_ds = objective_for(recipe).build_datasets(
             seq_length=train.seq_length,
             train_samples=train.train_iters * train.global_batch_size,
             valid_samples=train.eval_iters * train.global_batch_size if train.eval_interval else 0,

@@ -8,7 +8,7 @@ validation pairs of the file), i.e. ~1/3 of one training epoch's compute (forwar
 +33 % for DPO's usual single epoch and nothing on GPU memory beyond a training step's; storage, 16 bytes per
 pair (float64 chosen and rejected sums) in RUN_DIR/reference_logps.pt and in each rank's host memory.
 
-The pass runs the training model itself (train.dpo.forward_step with reference_pass=True, megatron's
+The pass runs the training model itself (train.objectives.dpo.forward_step with reference_pass=True, megatron's
 forward-only schedule, every layout), so at step 1 policy and reference agree to the last bit on the same
 hardware and the first loss is ln 2. It reads the pairs in file order, each DP rank its share, and every
 REFERENCE_SAVE_EVERY global batches rank 0 saves the values so far (write to a temporary file, then rename):
@@ -165,7 +165,7 @@ def _compute(trainer, recipe: Recipe, store: PairStore, path: Path, fingerprint:
                  for _ in trainer.model]
     sums = torch.zeros(len(store), 3, dtype=torch.float64)  # logp_c, logp_r, reports
     for number in range(1, (total - start) // batch + 1):
-        for report in trainer.reference_pass(iterators):
+        for report in trainer.forward_only(iterators, trainer.objective.reference_step):
             rows = report["reference"].detach().to("cpu", torch.float64)
             index = rows[:, 0].long()
             sums.index_add_(0, index, torch.cat([rows[:, 1:], torch.ones(len(rows), 1, dtype=torch.float64)], 1))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +20,6 @@ from recipes.validate import describe_rope, rope_base_in_use, validate
 from train.checkpoint import (CheckpointManager, TrainingState, latest_checkpoint, load_weights, recorded_rope_base,
                               resolve_checkpoint)
 from train.data_feed import DataFeed, check_sources
-from train.dpo_reference import attach_reference
 from train.distributed import init_process_group
 from train.metrics import MetricsLogger
 from train.run_lock import acquire_on_rank0
@@ -80,9 +78,9 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
             trainer.optimizer.reload_model_params()
             log.info("initial weights from %s", initial_weights)
 
-    # DPO: the frozen starting policy's log-probs of every pair, before the first update (train.dpo_reference)
-    prepare = partial(attach_reference, trainer, recipe, run_dir, state.step > 0) if trainer.dpo else None
-    feed = DataFeed(recipe, num_chunks=len(trainer.model), consumed_samples=state.consumed_samples, prepare=prepare)
+    trained = state.step > 0
+    feed = DataFeed(recipe, num_chunks=len(trainer.model), consumed_samples=state.consumed_samples,
+                    prepare=lambda train_ds: trainer.objective.prepare(trainer, run_dir, trained, train_ds))
     metrics = MetricsLogger(recipe, trainer.shape, run_dir, world_size, recipe_dict)
     metrics.start_progress(state.step, recipe.train.train_iters)
     records = []
@@ -100,7 +98,7 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
 def _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict) -> list[dict]:
     train_cfg = recipe.train
     tokens_per_batch = train_cfg.global_batch_size * train_cfg.seq_length
-    rows = 2 if trainer.dpo else 1  # a DPO sample is a pair of sequences
+    rows = trainer.objective.spec.rows_per_sample  # sequences per sample (DPO: a pair)
     tokens_per_batch *= rows
     records, window = [], dict(loss=0.0, seconds=0.0, steps=0, metrics={})
     while state.step < train_cfg.train_iters:

@@ -16,8 +16,13 @@ from model.config import transformer_config
 from recipes.schema import Recipe
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+"""Short dtype names -> torch: a recipe's precision.dtype (bf16, fp32; recipes.validate) and the converter's
+--dtype (any of them)."""
+
+
 def params_dtype(recipe: Recipe) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[recipe.precision.dtype]
+    return DTYPES[recipe.precision.dtype]
 
 
 def transformer_runtime_kwargs(recipe: Recipe) -> dict:

@@ -84,7 +84,7 @@ class MetricsLogger:
                   tokens_in_batch: int, consumed_tokens: int, extra: Optional[dict] = None) -> dict:
         """Log one training step's numbers (averaged over the steps since the last log by the caller).
 
-        extra: stage-specific numbers logged beside the loss under their own keys (DPO: train.dpo.METRICS).
+        extra: the stage's numbers logged beside the loss under their own keys (StageSpec.metrics).
         """
         tokens_per_second = tokens_in_batch / max(step_seconds, 1e-9)
         tflops_per_gpu = tokens_per_second * self.flops_per_token / self.world_size / 1e12

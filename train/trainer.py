@@ -5,38 +5,31 @@ Tests drive it directly: `forward_backward` leaves every parameter's reduced gra
 (inspectable), `optimizer_step` applies it. That split is what lets the parallel-equivalence suite compare
 gradients of every layout against one rank.
 
-Loss: per-token mean over the whole global batch (TransformerConfig.calculate_per_token_loss): each micro-batch
-returns (sum of token losses, token count); megatron sums gradients over micro-batches and data/context ranks
-and divides by the global token count in finalize_model_grads. With partial loss masks (FIM padding, SFT prompts)
-this is the true mean, unlike averaging micro-batch means.
-
-Packed sequences (data.packing, stage=sft): a row holds several conversations and its position ids restart at
-0 where each begins (data.sft). `pack_micro_batch` turns the micro-batch into megatron's `thd` format: the rows
-are concatenated into one sequence of micro x seq tokens ([1, t]), and cu_seqlens marks every position-0 token
-as a document start, so attention (model.layers.SDPACoreAttention on the local spec, TE's fused attention on
-GPUs) and RoPE restart per conversation; labels and loss_mask are flattened alike, so the loss is unchanged.
+The stage's objective (train.objectives, named by the recipe's stage in recipes.stages) supplies the forward
+step, the loss and what it reports; the trainer runs megatron's schedules with it and reduces the reports: the
+loss is the objective's per-unit mean over the whole global batch (tokens, or pairs for DPO), its metrics the
+means over the same units.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.utils import get_batch_on_this_cp_rank
 
 from model.build import build_gpt_model, resolve_transformer_impl
 from recipes.schema import Recipe
 from recipes.world import layout_of
-from train import dpo, megatron_args
-from train.distributed import init_model_parallel, rank_device, to_model_device
+from train import megatron_args
+from train.distributed import init_model_parallel, rank_device
+from train.objectives import objective_for
+from train.objectives.base import LOSS_REPORT, METRICS_REPORT, SOURCE_REPORT
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,68 +42,35 @@ class StepResult:
     tokens: int  # tokens that carried loss in the global batch
     grad_norm: Optional[float] = None
     lr: Optional[float] = None
-    metrics: dict = field(default_factory=dict)  # stage=dpo: train.dpo.METRICS, means over the batch's pairs
+    metrics: dict = field(default_factory=dict)  # the stage's metrics (StageSpec.metrics), means over the batch
 
 
-def _loss_func(loss_mask: torch.Tensor, dataset_id: Optional[torch.Tensor], num_sources: int,
-               per_token_loss: torch.Tensor):
-    """megatron's 3-tuple loss contract: (summed loss, token count, what to report).
-
-    With the blend's per-sample `dataset_id`, the report also holds (loss sum, tokens) per source
-    ("source loss", [num_sources, 2]), so validation is read per source without another pass.
-    """
-    mask = loss_mask.float()
-    losses = per_token_loss.float().reshape(mask.shape) * mask
-    loss_sum = losses.sum()
-    tokens = mask.sum().to(torch.int)
-    reports = {"lm loss": torch.stack([loss_sum.detach(), tokens.float()])}
-    if dataset_id is not None and num_sources:
-        per_sample = torch.stack([losses.detach().sum(dim=1), mask.sum(dim=1)], dim=1)
-        per_source = torch.zeros(num_sources, 2, dtype=per_sample.dtype, device=per_sample.device)
-        reports["source loss"] = per_source.index_add_(0, dataset_id.to(per_sample.device).long(), per_sample)
-    return loss_sum, tokens, reports
-
-
-def split_for_cp_rank(batch: dict) -> dict:
-    """This context-parallel rank's share of a micro-batch.
-
-    megatron's get_batch_on_this_cp_rank cuts every field along the sequence dimension; per-sample fields
-    (the blend's `dataset_id`, shape [b]) have none, so they pass whole and only [b, s, ...] fields are cut.
-    """
-    per_sample = {k: v for k, v in batch.items() if v.dim() < 2}
-    sliced = get_batch_on_this_cp_rank({k: v for k, v in batch.items() if k not in per_sample})
-    return {**sliced, **per_sample}
+def build_model_chunks(recipe: Recipe, config) -> list:
+    """The recipe's GPTModel, one chunk per virtual pipeline stage, on this rank's GPU when there is one; no DDP
+    wrapper and no optimizer (those are training's). Needs the model-parallel groups (init_model_parallel)."""
+    vpp = recipe.parallel.vpp
+    chunks = []
+    for vp_stage in range(vpp) if vpp > 1 else [None]:
+        module = build_gpt_model(
+            recipe.model_shape(),
+            config,
+            transformer_impl=resolve_transformer_impl(recipe.model.transformer_impl),
+            max_sequence_length=recipe.train.seq_length,
+            yarn=recipe.yarn_scaling(),
+            vp_stage=vp_stage,
+        )
+        if torch.cuda.is_available():
+            module.cuda(torch.cuda.current_device())
+        chunks.append(module)
+    return chunks
 
 
-def pack_micro_batch(batch: dict) -> tuple[dict, PackedSeqParams]:
-    """The micro-batch as one `thd` sequence [1, micro x seq]; a document starts at every position id 0."""
-    flat = {key: value.reshape(1, -1) for key, value in batch.items()}
-    positions = flat["position_ids"][0]
-    if positions[0] != 0:
-        raise ValueError("a packed row must start a document (position id 0 first)")
-    starts = torch.nonzero(positions == 0).flatten()
-    cu_seqlens = torch.cat([starts, starts.new_tensor([positions.numel()])]).to(torch.int32)
-    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
-                             max_seqlen_q=longest, max_seqlen_kv=longest)
-    return flat, params
-
-
-def forward_step(data_iterator: Iterator[dict], model, packed: bool = False, num_sources: int = 0):
-    """Fetch one micro-batch, keep this context-parallel rank's share of it, run the model chunk.
-
-    packed: the rows hold several documents each (see the module docstring); refused with CP > 1 by the
-    recipe validator, so there is no context-parallel share to take.
-    """
-    batch = to_model_device(dict(next(data_iterator)), model)
-    params = None
-    if packed:
-        batch, params = pack_micro_batch(batch)
-    else:
-        batch = split_for_cp_rank(batch)
-    per_token_loss = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"],
-                           packed_seq_params=params)
-    return per_token_loss, partial(_loss_func, batch["loss_mask"], batch.get("dataset_id"), num_sources)
+def build_inference_model(recipe: Recipe) -> list:
+    """The model for evaluation and decoding: build_model_chunks in this layout, nothing else. A Trainer would
+    also allocate the DDP gradient buffers and the optimizer (4 + 12 bytes per parameter and rank)."""
+    parallel = recipe.parallel
+    init_model_parallel(parallel.tp, parallel.pp, parallel.vpp, parallel.cp, seed=recipe.train.seed)
+    return build_model_chunks(recipe, megatron_args.build_transformer_config(recipe))
 
 
 class Trainer:
@@ -118,13 +78,12 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, *, train_iters: Optional[int] = None):
         self.recipe = recipe
-        self.packed = recipe.stage.name == "sft" and recipe.data.packing
-        self.dpo = dpo.DPOSettings.of(recipe.stage) if recipe.stage.name == "dpo" else None  # rows come in pairs
+        self.objective = objective_for(recipe)
         self.last_metrics: dict = {}
         parallel = recipe.parallel
         init_model_parallel(parallel.tp, parallel.pp, parallel.vpp, parallel.cp, seed=recipe.train.seed)
         self.shape = recipe.model_shape()
-        self.transformer_impl = resolve_transformer_impl(recipe.model.transformer_impl)
+        self.transformer_impl = resolve_transformer_impl(recipe.model.transformer_impl)  # the layer spec built
         self.config = megatron_args.build_transformer_config(recipe, calculate_per_token_loss=True)
         self.model: List[DistributedDataParallel] = self._build_model_chunks()
         self.optimizer = get_megatron_optimizer(megatron_args.optimizer_config(recipe), self.model)
@@ -134,27 +93,11 @@ class Trainer:
 
     # ---- construction -------------------------------------------------------------------------
     def _build_model_chunks(self) -> List[DistributedDataParallel]:
-        vpp = self.recipe.parallel.vpp
-        chunks = []
-        for vp_stage in range(vpp) if vpp > 1 else [None]:
-            module = build_gpt_model(
-                self.shape,
-                self.config,
-                transformer_impl=self.transformer_impl,
-                max_sequence_length=self.recipe.train.seq_length,
-                yarn=self.recipe.yarn_scaling(),
-                vp_stage=vp_stage,
-            )
-            if torch.cuda.is_available():
-                module.cuda(torch.cuda.current_device())
-            chunks.append(
-                DistributedDataParallel(
-                    self.config,
-                    megatron_args.ddp_config(self.recipe),
-                    module,
-                    disable_bucketing=vp_stage is not None and vp_stage > 0,
-                )
-            )
+        chunks = [
+            DistributedDataParallel(self.config, megatron_args.ddp_config(self.recipe), module,
+                                    disable_bucketing=vp_stage > 0)
+            for vp_stage, module in enumerate(build_model_chunks(self.recipe, self.config))
+        ]
         self.config.finalize_model_grads_func = finalize_model_grads
         self.config.no_sync_func = [chunk.no_sync for chunk in chunks]
         self.config.grad_sync_func = [chunk.start_grad_sync for chunk in chunks]
@@ -184,19 +127,12 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------
     def _run_schedule(self, data_iterators: List[Iterator[dict]], num_microbatches: int, forward_only: bool,
-                      reference_pass: bool = False):
+                      step: Optional[Callable] = None):
+        """One global batch through megatron's schedule with `step` (default: the objective's forward step)."""
         iterators = data_iterators if len(self.model) > 1 else data_iterators[0]
-        if self.dpo is not None:  # a sample is a (chosen, rejected) pair: 2 x micro_batch_size sequences
-            step = partial(dpo.forward_step, self.dpo, reference_pass=reference_pass)
-        else:
-            step = partial(forward_step, packed=self.packed, num_sources=len(self.recipe.data.sources))
-        seq_length, micro_batch_size = self.recipe.train.seq_length, self.recipe.train.micro_batch_size
-        if self.dpo is not None:
-            micro_batch_size *= 2
-        if self.packed:  # one [1, micro x seq] sequence flows between pipeline stages
-            seq_length, micro_batch_size = seq_length * micro_batch_size, 1
+        seq_length, micro_batch_size = self.objective.schedule_shape()
         return get_forward_backward_func()(
-            forward_step_func=step,
+            forward_step_func=step or self.objective.forward_step,
             data_iterator=iterators,
             model=self.model,
             num_microbatches=num_microbatches,
@@ -216,9 +152,10 @@ class Trainer:
         self.optimizer.zero_grad()
         reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=False)
         loss, count = self._global_loss(reports)
-        if self.dpo is not None:
-            sums = self._reduce_reports(reports, dpo.METRICS_REPORT, (len(dpo.METRICS),))
-            self.last_metrics = {name: value / count for name, value in zip(dpo.METRICS, sums.tolist())}
+        metrics = self.objective.spec.metrics
+        if metrics:
+            sums = self._reduce_reports(reports, METRICS_REPORT, (len(metrics),))
+            self.last_metrics = {name: value / count for name, value in zip(metrics, sums.tolist())}
         return loss, count
 
     def optimizer_step(self, step: int, loss: float) -> StepResult:
@@ -252,11 +189,12 @@ class Trainer:
         return result
 
     @torch.no_grad()
-    def reference_pass(self, data_iterators: List[Iterator[dict]]) -> list:
-        """stage=dpo: one global batch forward only; the last stage's reports of (pair, logp_c, logp_r) rows."""
+    def forward_only(self, data_iterators: List[Iterator[dict]], step: Callable) -> list:
+        """One global batch forward only with another forward step (an objective's prepare pass, e.g. DPO's
+        reference); the last pipeline stage's reports, unreduced."""
         for chunk in self.model:
             chunk.eval()
-        reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=True, reference_pass=True)
+        reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=True, step=step)
         for chunk in self.model:
             chunk.train()
         return reports
@@ -266,34 +204,35 @@ class Trainer:
         """Per-token validation loss over `num_batches` global batches (no gradients, no update).
 
         Returns {"val_loss": the blend} and {"val_loss/NAME": loss} for each data source with loss tokens in
-        those batches (blended pretraining samples carry their source's index; SFT samples do not). stage=dpo:
-        val_loss is the DPO loss per pair, and {"val_" + name: mean} of train.dpo.METRICS (rewards, accuracy).
+        those batches (blended pretraining samples carry their source's index; SFT samples do not), and
+        {"val_" + name: mean} of the stage's metrics (DPO: val_loss is per pair, plus its rewards and accuracy).
         """
         for chunk in self.model:
             chunk.eval()
         names = [source.name for source in self.recipe.data.sources]
         total = torch.zeros(2, dtype=torch.float64)
         per_source = torch.zeros(len(names), 2, dtype=torch.float64)
-        dpo_sums = torch.zeros(len(dpo.METRICS), dtype=torch.float64)
+        metrics = self.objective.spec.metrics
+        metric_sums = torch.zeros(len(metrics), dtype=torch.float64)
         for _ in range(num_batches):
             reports = self._run_schedule(data_iterators, self.num_microbatches, forward_only=True)
-            total += self._reduce_reports(reports, "lm loss", (2,))
-            per_source += self._reduce_reports(reports, "source loss", (len(names), 2))
-            if self.dpo is not None:
-                dpo_sums += self._reduce_reports(reports, dpo.METRICS_REPORT, (len(dpo.METRICS),))
+            total += self._reduce_reports(reports, LOSS_REPORT, (2,))
+            per_source += self._reduce_reports(reports, SOURCE_REPORT, (len(names), 2))
+            if metrics:
+                metric_sums += self._reduce_reports(reports, METRICS_REPORT, (len(metrics),))
         for chunk in self.model:
             chunk.train()
         result = {"val_loss": (total[0] / total[1]).item() if total[1] > 0 else float("nan")}
         result.update({f"val_loss/{name}": loss / tokens
                        for name, (loss, tokens) in zip(names, per_source.tolist()) if tokens > 0})
-        if self.dpo is not None and total[1] > 0:
-            pairs = total[1].item()
-            result.update({f"val_{name}": value / pairs for name, value in zip(dpo.METRICS, dpo_sums.tolist())})
+        if metrics and total[1] > 0:
+            count = total[1].item()
+            result.update({f"val_{name}": value / count for name, value in zip(metrics, metric_sums.tolist())})
         return result
 
     # ---- reductions ---------------------------------------------------------------------------
     def _global_loss(self, reports: list) -> tuple[float, int]:
-        loss_sum, tokens = self._reduce_reports(reports, "lm loss", (2,)).tolist()
+        loss_sum, tokens = self._reduce_reports(reports, LOSS_REPORT, (2,)).tolist()
         return (loss_sum / tokens if tokens else float("nan")), int(tokens)
 
     def _reduce_reports(self, reports: list, key: str, shape: tuple) -> torch.Tensor:

@@ -7,10 +7,10 @@ Tiny shape with 4 layers, vocab 1024, fp32, untied, built by train.trainer.Train
 label smoothing 0.1, NLL weight 0.2: every term of the loss). A global batch is 8 pairs of 64-token rows whose
 chosen and rejected rows share a prompt of 8..23 tokens and have responses of 8..40 tokens then padding, so
 response masks differ per row and CP ranks hold different numbers of response tokens. The reference's
-log-probs are the 1-rank model's own (Trainer.reference_pass) plus N(0, 2^2) noise, so the margins are O(1) and
-not 0. The one-rank run records: reference_pass log-probs, then for 2 Adam steps the loss, the four metrics and
+log-probs are the 1-rank model's own (Trainer.forward_only with the DPO objective's reference_step) plus
+N(0, 2^2) noise, so the margins are O(1) and not 0. The one-rank run records: the reference log-probs, then for 2 Adam steps the loss, the four metrics and
 every gradient. A layout gets the same initial weights through tests/equivalence/worker.py's sharding map.
-`-nocpsum` (negative control) replaces train.dpo.sequence_logps with one that skips the CP all-reduce.
+`-nocpsum` (negative control) replaces train.objectives.dpo.sequence_logps with one that skips the CP all-reduce.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def reference_logps(trainer, batches) -> list:
     out = []
     for batch in batches:
         table = torch.zeros(PAIRS, 3, dtype=torch.float64)
-        for report in trainer.reference_pass(data_iterators(trainer, batch)):
+        for report in trainer.forward_only(data_iterators(trainer, batch), trainer.objective.reference_step):
             rows = report["reference"].double()
             table.index_add_(0, rows[:, 0].long(), torch.cat([rows[:, 1:], torch.ones(len(rows), 1)], 1))
         torch.distributed.all_reduce(table)
@@ -123,12 +123,12 @@ def make_reference(out_dir: Path) -> None:
 def compare(out_dir: Path, layout: str) -> None:
     from megatron.core import parallel_state
 
-    import train.dpo
+    import train.objectives.dpo
     from train.trainer import Trainer
 
-    original = train.dpo.sequence_logps
+    original = train.objectives.dpo.sequence_logps
     if "-nocpsum" in layout:
-        train.dpo.sequence_logps = lambda loss, mask: (
+        train.objectives.dpo.sequence_logps = lambda loss, mask: (
             -(loss.double() * mask.reshape(loss.shape).double()).sum(1), mask.reshape(loss.shape).double().sum(1))
     try:
         recipe = recipe_for(layout)
@@ -161,7 +161,7 @@ def compare(out_dir: Path, layout: str) -> None:
 
         history = run_steps(trainer, batches, saved["references"], record)
     finally:
-        train.dpo.sequence_logps = original
+        train.objectives.dpo.sequence_logps = original
     summary = torch.tensor([worst["grad_rel"], logp_error], dtype=torch.float64)
     torch.distributed.all_reduce(summary, op=torch.distributed.ReduceOp.MAX)
     checked = torch.tensor([worst["checked"]])

@@ -16,7 +16,7 @@ entropy of vocab_parallel_cross_entropy (each TP rank holds V/tp logits; only pe
 the TP group, the vocabulary is never gathered), so logp = -sum(ce x response mask). Only the last pipeline
 stage computes it; megatron calls the loss function there only.
 
-Layout (train.trainer passes rows as megatron micro-batches of 2 x micro_batch_size sequences): a micro-batch
+Layout (rows_per_sample 2: train.trainer passes megatron micro-batches of 2 x micro_batch_size sequences): a micro-batch
 of m pairs arrives as [m, 2, S] tensors (chosen, rejected) and is flattened to rows c0, r0, c1, r1, ... so the
 two responses of a pair always share a micro-batch. Context parallelism gives each CP rank 2 of the 2 x cp
 sequence chunks; its partial sums s_k are all-reduced so every CP rank sees the whole S = sum_k s_k, and the
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -37,11 +38,12 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.utils import get_batch_on_this_cp_rank
 
+from data.preference import build_preference_datasets, pairs_source
+from recipes.stages import DPO_METRICS as METRICS
 from train.distributed import to_model_device
+from train.dpo_reference import attach_reference
+from train.objectives.base import LOSS_REPORT, METRICS_REPORT, Objective
 
-LOSS_REPORT = "lm loss"  # [loss sum, pairs]: train.trainer's key for the loss and its count
-METRICS_REPORT = "dpo"
-METRICS = ("rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin")
 REFERENCE_REPORT = "reference"  # the reference pass: rows of (pair index, logp_chosen, logp_rejected)
 SEQUENCE_FIELDS = ("tokens", "labels", "loss_mask", "position_ids")
 
@@ -127,3 +129,29 @@ def forward_step(settings: DPOSettings, data_iterator: Iterator[dict], model, re
     if reference_pass:
         return per_token_loss, partial(reference_func, batch["pair"], rows["loss_mask"])
     return per_token_loss, partial(loss_func, settings, rows["loss_mask"], batch["ref_logps"])
+
+
+class DPO(Objective):
+    """dpo: {prompt, chosen, rejected} JSONL pairs (data.preference); the reference pass before step 1."""
+
+    def __init__(self, recipe, spec):
+        super().__init__(recipe, spec)
+        self.settings = DPOSettings.of(recipe.stage)
+
+    def check_sources(self) -> None:
+        """The JSONL path."""
+        pairs_source(self.recipe.data)
+
+    def build_datasets(self, **sizes):
+        return build_preference_datasets(self.recipe.data, **sizes)
+
+    def forward_step(self, data_iterator: Iterator[dict], model):
+        return forward_step(self.settings, data_iterator, model)
+
+    def reference_step(self, data_iterator: Iterator[dict], model):
+        """The reference pass's forward step (train.dpo_reference)."""
+        return forward_step(self.settings, data_iterator, model, reference_pass=True)
+
+    def prepare(self, trainer, run_dir: Path, trained: bool, train_ds) -> None:
+        """The frozen starting policy's log-probs of every pair, attached to the pairs (train.dpo_reference)."""
+        attach_reference(trainer, self.recipe, run_dir, trained, train_ds)
