@@ -205,10 +205,7 @@ def megatron_recipe(checkpoint: Path, world_size: int, pipeline: Optional[int] =
 
 def megatron_decoder(checkpoint: Path, pipeline: Optional[int] = None) -> Callable[..., List[List[int]]]:
     """Batched greedy decoding (greedy_batch) of a training checkpoint at TP x PP = the world size."""
-    from megatron.core import parallel_state
-
     from train.checkpoint import load_weights, resolve_checkpoint
-    from train.distributed import rank_device
     from train.trainer import build_inference_model
 
     directory = resolve_checkpoint(checkpoint)
@@ -217,12 +214,22 @@ def megatron_decoder(checkpoint: Path, pipeline: Optional[int] = None) -> Callab
     load_weights(chunks, directory)
     for chunk in chunks:
         chunk.eval()
+    return model_decoder(chunks, recipe.model_shape().max_position_embeddings)
+
+
+def model_decoder(chunks: list, max_length: int) -> Callable[..., List[List[int]]]:
+    """Batched greedy decoding of megatron model chunks already built, in eval mode, in the current TP/PP layout
+    (one chunk per stage): a checkpoint's inference model (megatron_decoder) or the model a run is training
+    (evaluation.during_training). PP1: MegatronKVCache; PP > 1: PipelineForward."""
+    from megatron.core import parallel_state
+
+    from train.distributed import rank_device
+
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         decoder = MegatronKVCache(chunks[0], rank_device())
     else:
         decoder = PipelineForward(chunks, rank_device())
-    return functools.partial(greedy_batch, decoder, load_tokenizer("qwen2.5"),
-                             max_length=recipe.model_shape().max_position_embeddings)
+    return functools.partial(greedy_batch, decoder, load_tokenizer("qwen2.5"), max_length=max_length)
 
 
 class MegatronKVCache:

@@ -1,11 +1,21 @@
 """Evaluation summaries into the run they came from: metrics.jsonl and its W&B run (train.metrics.MetricsLogger,
-resumed under the run's stable id), at the step of the evaluated checkpoint, keys "eval/TASK/METRIC"."""
+resumed under the run's stable id), at the step of the evaluated checkpoint.
+
+Keys (`run_values`, the one naming for launch/evaluate.py and evaluation during training): "eval/TASK/METRIC" for
+every metric of the task's summary, the numbers the printed table shows (evaluation.report), per-language ones
+included: hm_fim's "exact_match/python" is logged as "eval/hm_fim/exact_match/python"."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
-RUN_METRICS = ("pass@1", "exact_match")
+from evaluation.tasks import get
+
+
+def run_values(summaries: List[dict]) -> Dict[str, float]:
+    """{"eval/TASK/METRIC": value} for each summary's metrics (Task.metrics, in the table's order)."""
+    return {f"eval/{s['task']}/{metric}": s[metric] for s in summaries for metric in get(s["task"]).metrics
+            if metric in s}
 
 
 def run_dir_of(checkpoint: Path):
@@ -32,6 +42,5 @@ def log_summaries(checkpoint: Path, summaries: List[dict]) -> None:
     stored = common["recipe"]
     recipe = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), stored))
     logger = MetricsLogger(recipe, recipe.model_shape(), run_dir, 1, stored)
-    values = {f"eval/{s['task']}/{metric}": s[metric] for s in summaries for metric in RUN_METRICS if metric in s}
-    logger.log_validation(int(common["training"]["step"]), values)
+    logger.log_validation(int(common["training"]["step"]), run_values(summaries))
     logger.close()

@@ -12,7 +12,7 @@ layout for that size and stage (recipes/layout/SIZE/STAGE.yaml). Command-line ov
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from omegaconf import MISSING
 
@@ -99,6 +99,17 @@ class TrainConfig:
     log_interval: int = 1
     eval_interval: int = 100
     eval_iters: int = 4
+    eval_tasks: List[str] = field(default_factory=list)
+    """Evaluation tasks (launch/evaluate.py --tasks names, or `paper`) the LIVE model decodes greedily in its
+    training layout and rank 0 scores in the sandbox, logged as eval/TASK/METRIC at the step
+    (evaluation.during_training), e.g. train.eval_tasks=[humaneval,fim_singleline]; [] = off. Not with
+    parallel.cp > 1, parallel.vpp > 1 or precision.fp8: evaluate those runs' checkpoints with launch/evaluate.py."""
+    eval_tasks_interval: Optional[int] = None
+    """Steps between task evaluations; None = train.eval_interval (the validation cadence)."""
+    eval_tasks_limit: int = 20
+    """First N problems of each task (0 = all: each evaluation then decodes whole benchmarks)."""
+    eval_tasks_max_new_tokens: Optional[int] = None
+    """Token budget per completion; None = each task's own (512 for humaneval, 64 for the infilling tasks)."""
     seed: int = 1234
     recompute: str = "none"
     """none, selective (core attention) or full (whole layers, recompute_num_layers per stage)."""

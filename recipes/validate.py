@@ -43,6 +43,12 @@ Rules (name: condition; megatron-core 0.16.1 source of the constraint):
   parallel.distributed_optimizer: both gather parameters from the optimizer's shards; without it megatron
   silently ignores overlap_param_gather (distributed_data_parallel.py:347), and Megatron-LM refuses FP8
   parameter gathering.
+- eval-tasks: train.eval_tasks (evaluation during training) needs a cadence (train.eval_tasks_interval, else a
+  train.eval_interval >= 1), train.eval_tasks_limit >= 0, and a layout the live model can decode in: cp == 1
+  (the local attention all-gathers K/V over CP ranks that hold no share of a prompt), vpp == 1 (one model chunk
+  per stage, as launch/evaluate.py builds) and no FP8 (FP8 GEMMs need token counts divisible by 16; a decode
+  step feeds one token per row). The task names are checked by launch/pretrain.py against evaluation.tasks,
+  which recipes/ does not import.
 - stage-plugin: stage.plugin names a module that imports (it registers an out-of-tree stage: recipes.stages).
 - enum (stage.name): a registered stage (recipes.stages); then the stage's own rules, e.g. dpo:
   stage.dpo_beta > 0, 0 <= stage.dpo_label_smoothing < 0.5 (at 0.5 both labels weigh the same and nothing is
@@ -95,7 +101,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
 }
 POSITIVE = ("parallel.tp", "parallel.pp", "parallel.vpp", "parallel.cp", "train.seq_length",
             "train.micro_batch_size", "train.global_batch_size", "train.train_iters", "train.recompute_num_layers",
-            "run.nodes", "run.gpus_per_node", "stage.rope_base", "model.rope_base")  # None (auto) passes
+            "run.nodes", "run.gpus_per_node", "stage.rope_base", "model.rope_base", "train.eval_tasks_interval",
+            "train.eval_tasks_max_new_tokens")  # None (auto) passes
 
 
 @dataclass(frozen=True)
@@ -312,6 +319,28 @@ def _check_precision(recipe: Recipe) -> list[Violation]:
     return out
 
 
+def _check_eval_tasks(recipe: Recipe) -> list[Violation]:
+    train, p = recipe.train, recipe.parallel
+    if not train.eval_tasks:
+        return []
+    out = []
+    if not (train.eval_tasks_interval or train.eval_interval):
+        out.append(Violation("eval-tasks", f"train.eval_tasks={list(train.eval_tasks)} needs a cadence: "
+                             "train.eval_tasks_interval is unset and train.eval_interval=0; set "
+                             "train.eval_tasks_interval=N"))
+    if train.eval_tasks_limit < 0:
+        out.append(Violation("eval-tasks", f"train.eval_tasks_limit={train.eval_tasks_limit} must be >= 0 (the "
+                             "first N problems of each task; 0 = all)"))
+    refused = {"parallel.cp": p.cp if p.cp > 1 else None, "parallel.vpp": p.vpp if p.vpp > 1 else None,
+               "precision.fp8": recipe.precision.fp8}
+    for name, value in refused.items():
+        if value is not None:
+            out.append(Violation("eval-tasks", f"train.eval_tasks cannot decode with the live model at {name}="
+                                 f"{value}; set train.eval_tasks=[] and evaluate the run's checkpoints with "
+                                 "launch/evaluate.py --checkpoint (it reshards them to TP x PP)"))
+    return out
+
+
 def installed_transformer_engine() -> Optional[tuple[int, int]]:
     """(major, minor) of the installed Transformer Engine from its package metadata (no import), or None."""
     for name in ("transformer_engine", "transformer_engine_torch"):
@@ -380,6 +409,7 @@ def check(recipe: Recipe, world_size: Optional[int] = None) -> list[Violation]:
     out += _check_sequence(recipe, shape, spec)
     out += _check_precision(recipe)
     out += _check_schedule(recipe)
+    out += _check_eval_tasks(recipe)
     out += stage_rules
     if world_size is not None:
         out += _check_world(recipe, world_size)

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable, Dict, Sequence
 
 import torch
 from recipes.schema import Recipe
@@ -26,6 +27,7 @@ from train.run_lock import acquire_on_rank0
 from train.trainer import Trainer
 
 log = logging.getLogger("train")
+StepEvaluation = Callable[[Trainer, int], Dict[str, float]]  # (trainer, step) -> values to log ({}: none)
 
 
 def _setup_logging(run_dir: Path) -> None:
@@ -40,8 +42,11 @@ def _setup_logging(run_dir: Path) -> None:
     logging.getLogger("megatron").setLevel(logging.WARNING)  # dataset index chatter: megatron logs at INFO
 
 
-def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
-    """Train `recipe` to train.train_iters; returns the training records logged at each log interval."""
+def run(recipe: Recipe, recipe_dict: dict, step_evaluations: Sequence[StepEvaluation] = ()) -> list[dict]:
+    """Train `recipe` to train.train_iters; returns the training records logged at each log interval.
+
+    step_evaluations: called after each step's validation as `(trainer, step)`; what they return is logged at
+    that step (launch/pretrain.py passes evaluation.during_training's, so train/ never imports evaluation/)."""
     # What a user can get wrong fails in seconds, on every rank alike, before the process group exists (so
     # no rank is left waiting in it) and long before a model build that takes minutes at 32B.
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's (1 when run as a plain process)
@@ -85,7 +90,7 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     metrics.start_progress(state.step, recipe.train.train_iters)
     records = []
     try:
-        records = _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict)
+        records = _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict, step_evaluations)
     finally:
         metrics.close()
     if torch.distributed.get_rank() == 0 and recipe.logging.plots:
@@ -95,7 +100,7 @@ def run(recipe: Recipe, recipe_dict: dict) -> list[dict]:
     return records
 
 
-def _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict) -> list[dict]:
+def _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict, step_evaluations) -> list[dict]:
     train_cfg = recipe.train
     tokens_per_batch = train_cfg.global_batch_size * train_cfg.seq_length
     rows = trainer.objective.spec.rows_per_sample  # sequences per sample (DPO: a pair)
@@ -122,6 +127,10 @@ def _train(recipe, trainer, feed, state, checkpoints, metrics, recipe_dict) -> l
             window = dict(loss=0.0, seconds=0.0, steps=0, metrics={})
         if feed.has_validation and train_cfg.eval_interval and state.step % train_cfg.eval_interval == 0:
             metrics.log_validation(state.step, trainer.evaluate(feed.valid_iterators(), train_cfg.eval_iters))
+        for evaluation in step_evaluations:
+            values = evaluation(trainer, state.step)
+            if values:
+                metrics.log_validation(state.step, values)
         save_every = recipe.checkpoint.save_interval
         if (save_every and state.step % save_every == 0) or state.step == train_cfg.train_iters:
             path = checkpoints.save(trainer, state, recipe_dict)
