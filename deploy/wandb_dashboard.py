@@ -2,7 +2,8 @@
 
 Keys come from train.metrics (loss, lr, grad_norm, tokens_per_s, tflops_per_gpu, mfu, step_time_s, memory_gib,
 val_loss and val_loss/<source> for each data source; each stage's own metrics in training and validation, val_
-prefixed, with the panels its StageSpec lists: recipes.stages) and evaluation.run_log (eval/<task>/<metric>),
+prefixed, with the panels its StageSpec lists: recipes.stages) and evaluation.run_log (eval/<task>/<metric>, every
+metric of a task's summary, per language where the task reports one: launch/evaluate.py and train.eval_tasks),
 all logged at the optimizer step. Runs are grouped as train.metrics groups them: by recipe and stage (W&B
 "Group", e.g. 7b-repo), each run named after its job (run.name; launch/k8s.py sets it to the PyTorchJob's name),
 so the runs of one recipe's restarts and variants sit together.
@@ -42,9 +43,10 @@ RUN_SECTIONS = {  # what every run logs
         Panel("step time (s)", ["step_time_s"]),
     ),
     "Memory": (Panel("peak memory per rank (GiB)", ["memory_gib"]),),
-    "Evaluation": (  # evaluation.run_log's RUN_METRICS, one line per task (launch/evaluate.py --tasks)
+    "Evaluation": (  # evaluation.run_log.run_values: launch/evaluate.py and train.eval_tasks, one line per task
         Panel("evaluation pass@1", regex=r"^eval/[^/]+/pass@1$"),
         Panel("evaluation exact match", regex=r"^eval/[^/]+/exact_match$"),
+        Panel("evaluation exact match per language", regex=r"^eval/[^/]+/exact_match/[^/]+$"),  # hm_fim's
     ),
 }
 

@@ -21,6 +21,8 @@ import pytest
 from data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS, load_tokenizer
 from evaluation.generate import prompt_ids
 from evaluation.harness import score, summarize
+from evaluation.report import table
+from evaluation.run_log import run_values
 from evaluation.sandbox import Sandbox
 from evaluation.tasks import get, load_tasks
 from evaluation.tasks import fim_singleline, hm_fim
@@ -155,6 +157,10 @@ def test_hm_fim_scores_qwens_first_line_per_language(hm_fim_file, sandbox):
     assert summary["exact_match"] == 4 / 6
     assert (summary["exact_match/python"], summary["exact_match/javascript"], summary["exact_match/java"]) == \
         (1.0, 0.5, 0.5)
+    # the printed table and the run's metrics carry the per-language numbers (the report's three columns)
+    assert "exact_match/python 1.000, exact_match/java 0.500, exact_match/javascript 0.500" in table([summary])
+    assert run_values([summary]) == {"eval/hm_fim/exact_match": 4 / 6, "eval/hm_fim/exact_match/python": 1.0,
+                                     "eval/hm_fim/exact_match/java": 0.5, "eval/hm_fim/exact_match/javascript": 0.5}
     oracle = summarize(task, score(task, problems, {p.task_id: task.oracle(p) for p in problems}, sandbox))
     assert oracle["exact_match"] == 1.0
 

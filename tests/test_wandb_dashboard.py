@@ -1,6 +1,6 @@
 """The W&B workspace (deploy/wandb_dashboard.py, launch/wandb_dashboard.py): built and printed offline, and its
 panels cover exactly the keys the run writes (train.metrics' real records, per-source validation losses,
-evaluation.run_log's scores, DPO's rewards), with no panel waiting for a key nothing writes."""
+evaluation.run_log's scores of every registered task, DPO's rewards), with no panel waiting for a key nothing writes."""
 from __future__ import annotations
 
 import json
@@ -37,7 +37,8 @@ def test_print_builds_the_spec_without_network():
 
 
 def test_panels_cover_what_the_run_writes(tmp_path, gloo):
-    from evaluation.run_log import RUN_METRICS
+    from evaluation.run_log import run_values
+    from evaluation.tasks import get, names
     from recipes.compose import compose_config, to_recipe
     from recipes.stages import DPO_METRICS
     from train.metrics import MetricsLogger
@@ -52,10 +53,15 @@ def test_panels_cover_what_the_run_writes(tmp_path, gloo):
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         written |= {k for k, v in json.loads(line).items() if v is not None}
     written -= {"step", "time", "consumed_tokens"}  # the x axis and bookkeeping, not panels
-    written |= {f"eval/humaneval/{m}" for m in RUN_METRICS} | set(DPO_METRICS) | {f"val_{m}" for m in DPO_METRICS}
+    # every registered task's summary metrics, as evaluation.run_log names them (hm_fim's per language too)
+    evaluated = run_values([{"task": name, **{m: 0.5 for m in get(name).metrics}} for name in names()])
+    assert {"eval/humaneval/pass@1", "eval/fim_singleline/exact_match", "eval/hm_fim/exact_match/java"} <= \
+        set(evaluated)
+    written |= set(evaluated) | set(DPO_METRICS) | {f"val_{m}" for m in DPO_METRICS}
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "memory_gib", "val_loss/code"} <= written
     assert [key for key in sorted(written) if not wandb_dashboard.shown(key)] == []
     fixed = {k for panels in wandb_dashboard.sections().values() for p in panels for k in p.keys}
     assert fixed - written <= {"mfu"}  # mfu is None on CPU (no peak FLOP/s): written on GPUs only
     assert not wandb_dashboard.shown("loss_scale") and not wandb_dashboard.shown("valid_loss")  # negative controls
     assert not wandb_dashboard.shown("eval/humaneval/problems")
+    assert not wandb_dashboard.shown("eval/hm_fim/exact_match/java/extra")
