@@ -7,8 +7,9 @@ at TP2 with sequence parallelism, 4 steps, humaneval + fim_singleline (first 3 p
 - the loss, gradient norm and validation loss of every step equal those of the same run without the hook;
 - an unknown task name ends the run with one `error:` line naming the known tasks.
 The embeddings are untied: a freshly trained tiny model with tied embeddings repeats its prompt's last token
-whatever its weights, which would make the completions equal for any two models. Cost: ~70 s alone on 2 cores
-(two 4-step training runs ~30 s each, the evaluation ~13 s), ~2 minutes on a machine shared with other work.
+whatever its weights, which would make the completions equal for any two models. Cost: ~110 s of CPU (two 4-step
+training runs ~30 s of wall clock each on an idle 2-core machine, the evaluation ~13 s); 2-5 minutes of wall clock
+on a 2-core machine shared with other work.
 """
 from __future__ import annotations
 
