@@ -79,6 +79,6 @@ def oracle_failures(summaries) -> int:
     short = [f"{s['task']} {metric} {s[metric]:.4f}" for s in summaries for metric in get(s["task"]).metrics
              if s.get(metric, 1.0) < 1.0]  # a per-language metric is absent when --limit leaves no such row
     if short:
-        print(f"error: the reference answers scored below 1.0: {', '.join(short)} (--output FILE keeps each program's status and output)",
-              file=sys.stderr)
+        print(f"error: the reference answers scored below 1.0: {', '.join(short)} (--output FILE keeps each "
+              "program's status and output)", file=sys.stderr)
     return 1 if short else 0
