@@ -240,6 +240,30 @@ def _volumes(opts: JobOptions) -> tuple[list[dict], list[dict]]:
     return volumes, mounts
 
 
+def job_command(overrides: Sequence[str], opts: JobOptions) -> tuple[str, list[str]]:
+    """(job name, the command every pod runs) for launch/pretrain.py-style overrides; the recipe is composed and
+    validated on its own world size first, so a bad recipe fails here."""
+    size, stage, rest = split_overrides(overrides)
+    first = compose_recipe([f"+recipe={size}", *([f"stage={stage}"] if stage else []), *rest])
+    if opts.name:
+        check_name(opts.name, first.run.nodes)
+        name = opts.name
+    else:
+        name = dns1035_name(first.run.name, first.run.nodes)
+    rest = [arg for arg in rest if arg.partition("=")[0] != "run.name"]  # the job name replaces it
+    return name, training_command(size, first.stage.name, rest, name, opts.run_mount)
+
+
+def pod_recipe_yaml(overrides: Sequence[str], opts: JobOptions) -> str:
+    """The recipe every pod composes, as `launch/pretrain.py ... --cfg job` prints it (run.dir and run.name
+    as the manifest sets them)."""
+    from omegaconf import OmegaConf
+
+    from recipes.compose import compose_config
+
+    return OmegaConf.to_yaml(compose_config(hydra_overrides(job_command(overrides, opts)[1])))
+
+
 def build_manifest(overrides: Sequence[str], opts: JobOptions) -> dict:
     """PyTorchJob for `launch/pretrain.py <overrides>`: Master (1 pod) + Worker (nodes - 1 pods, omitted for
     one node), one torchrun per pod with gpus_per_node processes, each pod asking for gpus_per_node GPUs."""
@@ -250,18 +274,9 @@ def build_manifest(overrides: Sequence[str], opts: JobOptions) -> dict:
                             "node's; pass one of them")
     if opts.restart_policy not in RESTART_POLICIES:
         raise ManifestError(f"restart policy {opts.restart_policy!r} is not one of {', '.join(RESTART_POLICIES)}")
-    size, stage, rest = split_overrides(overrides)
-    first = compose_recipe([f"+recipe={size}", *([f"stage={stage}"] if stage else []), *rest])
-    stage = first.stage.name
-    nodes, gpus = first.run.nodes, first.run.gpus_per_node
-    if opts.name:
-        check_name(opts.name, nodes)
-        name = opts.name
-    else:
-        name = dns1035_name(first.run.name, nodes)
-    rest = [arg for arg in rest if arg.partition("=")[0] != "run.name"]  # the job name replaces it
-    command = training_command(size, stage, rest, name, opts.run_mount)
+    name, command = job_command(overrides, opts)
     recipe = compose_recipe(hydra_overrides(command))  # exactly what the pods will compose, run.dir included
+    nodes, gpus = recipe.run.nodes, recipe.run.gpus_per_node
     if not opts.allow_unfit:
         check_fits(recipe)
     volumes, mounts = _volumes(opts)
@@ -287,8 +302,9 @@ def build_manifest(overrides: Sequence[str], opts: JobOptions) -> dict:
     specs = {"Master": replica(1)}
     if nodes > 1:
         specs["Worker"] = replica(nodes - 1)
-    metadata = {"name": name, "labels": {"app.kubernetes.io/name": "qwen-coder", "qwen-coder/size": size,
-                                         "qwen-coder/stage": stage}}
+    labels = {"app.kubernetes.io/name": "qwen-coder", "qwen-coder/size": split_overrides(overrides)[0],
+              "qwen-coder/stage": recipe.stage.name}
+    metadata = {"name": name, "labels": labels}
     if opts.namespace:
         metadata["namespace"] = opts.namespace
     manifest = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata,

@@ -21,8 +21,10 @@ from deploy import k8s
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("overrides", nargs="*", help="+recipe=SIZE [stage=STAGE] [key=value ...]")
-    p.add_argument("--image", required=True, help="image with this repository (no default registry)")
-    store = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--cfg", choices=["job"], help="print the recipe the pods will compose (Hydra's --cfg job); "
+                   "no manifest, so --image and --pvc/--host-path may be left out")
+    p.add_argument("--image", help="image with this repository (no default registry; required)")
+    store = p.add_mutually_exclusive_group()
     store.add_argument("--pvc", help="PersistentVolumeClaim for /runs (ReadWriteMany when nodes > 1)")
     store.add_argument("--host-path", help="node directory for /runs (a shared filesystem when nodes > 1)")
     p.add_argument("--name", help="job name (DNS-1035); default: run.name, e.g. 7b-repo -> qwen-7b-repo")
@@ -64,11 +66,17 @@ def main(argv=None) -> int:
         wandb_entity=args.wandb_entity, rdma={k: int(v) for k, v in (r.split("=", 1) for r in args.rdma)},
         nccl_ib_hca=args.nccl_ib_hca, nccl_socket_ifname=args.nccl_socket_ifname, host_ipc=args.host_ipc,
         shm_size=args.shm_size, allow_unfit=args.allow_unfit)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from recipes.validate import RecipeError
 
     try:
+        if args.cfg:
+            print(k8s.pod_recipe_yaml(args.overrides, opts), end="")
+            return 0
         manifest = k8s.build_manifest(args.overrides, opts)
-    except (k8s.ManifestError, RecipeError) as err:
+    except (k8s.ManifestError, RecipeError, HydraException, OmegaConfBaseException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     errors = k8s.webhook_errors(manifest)

@@ -25,6 +25,8 @@ def parse_args(argv=None):
     parser.add_argument("--dir", type=Path, help="pipeline directory (default: runs/SIZE-pipeline)")
     parser.add_argument("--nproc-per-node", type=int, help="ranks per stage (default: the recipe's run.gpus_per_node)")
     parser.add_argument("--plan", action="store_true", help="print the steps and the planner's verdict; run nothing")
+    parser.add_argument("--cfg", choices=["job"], help="print each training stage's composed recipe (YAML documents, "
+                        "as launch/pretrain.py --cfg job prints them); run nothing")
     return parser.parse_intermixed_args(argv)
 
 
@@ -63,6 +65,14 @@ def main(argv=None) -> int:
     except (HydraException, OmegaConfBaseException, ValueError) as error:  # RecipeError, PipelineError included
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        from recipes.compose import compose_config
+
+        print("\n---\n".join(f"# {step.name}\n{OmegaConf.to_yaml(compose_config(step.overrides))}"
+                            for step in steps if step.overrides), end="")
+        return 0
     for step in steps:
         print(f"[{step.name}] {step.status()}: {step.shell()}", flush=True)
         if args.plan and step.overrides:

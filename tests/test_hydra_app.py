@@ -4,7 +4,8 @@ empty working directory that must stay empty): `--cfg job` prints the same recip
 options, `--info` Hydra's view of the search path, `--shell-completion install=bash` the completion script, a
 composition error is one `error:` line (exit 2), `-m` sweeps train each point in its own run directory
 (run.dir/0, run.dir/1, different seeds give different losses), and `-m` inside torchrun is refused with one line.
-Cost ~1.5 min on 2 cores (the sweep trains two 2-step tiny runs in one process)."""
+launch/k8s.py's and launch/pipeline.py's `--cfg job` print what their pretrain.py commands compose.
+Cost ~2 min on 2 cores (the sweep trains two 2-step tiny runs in one process)."""
 from __future__ import annotations
 
 import json
@@ -106,3 +107,42 @@ def test_multirun_inside_torchrun_is_refused(empty_cwd):
     (empty_cwd / "runs" / "never" / "multirun.yaml").unlink()  # Hydra's sweeper wrote it before the job started
     for directory in (empty_cwd / "runs" / "never" / "0", empty_cwd / "runs" / "never", empty_cwd / "runs"):
         directory.rmdir()  # nothing else: no checkpoint, no log
+
+
+def test_k8s_and_pipeline_cfg_job_print_what_their_pretrain_commands_compose(tmp_path, empty_cwd):
+    """launch/k8s.py and launch/pipeline.py are argparse tools around launch/pretrain.py; their `--cfg job` prints
+    the recipe each pretrain.py command they write will compose, checked against that command run with Hydra's
+    own `--cfg job`. Negative control: the pod's recipe is not the bare recipe (run.dir is the volume's)."""
+    manifest_file = tmp_path / "job.yaml"
+    done = app("k8s.py", "+recipe=7b", "stage=repo", "--image", "img", "--pvc", "runs", "-o", str(manifest_file),
+               cwd=empty_cwd)
+    assert done.returncode == 0, done.stderr
+    command = yaml.safe_load(manifest_file.read_text())["spec"]["pytorchReplicaSpecs"]["Master"]["template"][
+        "spec"]["containers"][0]["command"]
+    pod_overrides = command[command.index("launch/pretrain.py") + 1:]
+    printed = app("k8s.py", "+recipe=7b", "stage=repo", "--cfg", "job", cwd=empty_cwd)
+    assert printed.returncode == 0, printed.stderr
+    reference = app("pretrain.py", *pod_overrides, "--cfg", "job", cwd=empty_cwd)
+    assert yaml.safe_load(printed.stdout) == yaml.safe_load(reference.stdout)
+    assert yaml.safe_load(printed.stdout)["run"]["dir"] == "/runs/qwen-7b-repo"
+    bare = yaml.safe_load(app("pretrain.py", "+recipe=7b", "stage=repo", "--cfg", "job", cwd=empty_cwd).stdout)
+    assert bare["run"]["dir"] != "/runs/qwen-7b-repo"
+
+    typo = app("k8s.py", "+recipe=7b", "paralel.tp=2", "--cfg", "job", cwd=empty_cwd)
+    assert typo.returncode == 1 and typo.stderr.startswith("error: Could not override 'paralel.tp'.")
+    assert "Traceback" not in typo.stderr
+
+    pipeline = ["+recipe=tiny", f"--dir={tmp_path / 'pipeline'}", "sft:optimizer.lr=1e-5"]
+    plan = app("pipeline.py", *pipeline, "--plan", cwd=empty_cwd)
+    assert plan.returncode == 0, plan.stderr
+    commands = {line[1:line.index("]")]: line.split(": ", 1)[1].split() for line in plan.stdout.splitlines()
+                if line.startswith("[") and "pretrain.py" in line}
+    documents = app("pipeline.py", *pipeline, "--cfg", "job", cwd=empty_cwd)
+    assert documents.returncode == 0, documents.stderr
+    recipes = dict(zip(["file", "repo", "sft", "dpo"], yaml.safe_load_all(documents.stdout)))
+    assert list(commands) == list(recipes) and recipes["sft"]["optimizer"]["lr"] == 1e-5
+    for step in ("repo", "sft"):
+        words = commands[step]
+        overrides = words[next(i for i, w in enumerate(words) if w.endswith("pretrain.py")) + 1:]
+        assert recipes[step] == yaml.safe_load(app("pretrain.py", *overrides, "--cfg", "job", cwd=empty_cwd).stdout)
+    assert not (tmp_path / "pipeline").exists()
