@@ -7,6 +7,15 @@ flipped comparisons, dropped negations), and on every 9th problem a result nudge
 only: the atol/rtol rule decides) and on every 23rd a program that never returns (per-test time limits).
 
     python bench/evalplus_parity.py --evalplus-python /tmp/evalplus-venv/bin/python [--limit N] [--workers N]
+    python bench/evalplus_parity.py --evalplus-python ... --published QWEN_OUTPUTS/qwen2.5-coder/7b-base/evalplus
+
+--published takes real model outputs instead of the mutants: the programs Qwen published for its own base model
+(qwencoder-eval/base/outptus in QwenLM/Qwen2.5-Coder: `<humaneval|mbpp>/generated_eval_results.json`, each
+problem's `solution` as their evalplus run scored it, with its base/plus status), one per problem of our data;
+both tools score them here on our data files, and each row also keeps the status they published (their run used
+older data releases: HumanEval+ and MBPP+ files with other hashes, MBPP+ with 399 problems, so a plus verdict
+may differ for that reason alone). That repository carries no licence: the rows keep each program's sha256,
+not its text. Written to bench/evalplus_published_parity.json.
 
 The checked-in bench/evalplus_parity.json is `--limit 50` (the first 50 problems of each benchmark, every sample
 of theirs; evalplus scored the other problems' canonical programs too, not compared): at 2 workers on 2 cores
@@ -18,6 +27,7 @@ data files through HUMANEVAL_OVERRIDE_PATH / MBPP_OVERRIDE_PATH. Writes bench/ev
 sample the mutant name and both tools' base/plus status, and the agreement counts.
 """
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -32,6 +42,8 @@ from evaluation.tasks.base import SOLUTION, Answer
 from evaluation.tasks.evalplus import FILES, records
 
 OUT = Path(__file__).with_name("evalplus_parity.json")
+PUBLISHED_OUT = Path(__file__).with_name("evalplus_published_parity.json")
+PUBLISHED_SAMPLE = "published"
 OPERATORS = (("<=", "<"), (">=", ">"), ("<", "<="), (">", ">="), ("==", "!="), ("!=", "=="), ("+ 1", "+ 2"),
              ("- 1", "- 2"), (" + ", " - "), (" - ", " + "), ("True", "False"), ("False", "True"),
              (" and ", " or "), (" or ", " and "), ("not ", ""), ("[0]", "[1]"), ("[-1]", "[0]"), ("0", "1"),
@@ -63,8 +75,20 @@ def samples(record: dict, number: int) -> dict:
     return programs
 
 
+PUBLISHED: dict = {}  # task -> {task_id: (solution, their base status, their plus status)} under --published
+
+
+def published_solutions(directory: Path, task: str) -> dict:
+    results = json.loads((directory / TASKS[task] / "generated_eval_results.json").read_text())["eval"]
+    return {task_id: (r[0]["solution"], r[0]["base_status"], r[0]["plus_status"]) for task_id, r in results.items()}
+
+
 def all_samples(task: str, limit: int) -> list:
-    return [(r["task_id"], name, program) for number, r in enumerate(records(TASKS[task])[:limit or None])
+    chosen = records(TASKS[task])[:limit or None]
+    if task in PUBLISHED:
+        return [(r["task_id"], PUBLISHED_SAMPLE, PUBLISHED[task][r["task_id"]][0]) for r in chosen
+                if r["task_id"] in PUBLISHED[task]]
+    return [(r["task_id"], name, program) for number, r in enumerate(chosen)
             for name, program in samples(r, number).items()]
 
 
@@ -123,7 +147,11 @@ def main() -> None:
     parser.add_argument("--evalplus-python", required=True, help="python of a venv with the official evalplus")
     parser.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (default: all)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--published", type=Path, help="a published evalplus outputs directory (replaces mutants)")
     args = parser.parse_args()
+    out = PUBLISHED_OUT if args.published else OUT
+    for task in TASKS if args.published else ():
+        PUBLISHED[task] = published_solutions(args.published, task)
     report = {"evalplus": "master 26d6d00 (0.3.1 + fixes: find_zero, 4 s per-test floor)", "tasks": {}}
     for task in TASKS:
         started = time.time()
@@ -134,6 +162,10 @@ def main() -> None:
         assert all(a["task_id"] == b["task_id"] and a["sample"] == b["sample"] for a, b in zip(mine, theirs))
         for row in rows:
             row["agree"] = agree(row)
+            if task in PUBLISHED:
+                solution, base, plus = PUBLISHED[task][row["task_id"]]
+                row.update(solution_sha256=hashlib.sha256(solution.encode()).hexdigest(),
+                           published=dict(base=base, plus=plus))
         report["tasks"][task] = dict(samples=len(rows), agree=sum(r["agree"] for r in rows),
                                      official_passed=sum(r["official"]["passed"] for r in rows),
                                      official_base_passed=sum(r["official"]["base"] == "pass" for r in rows),
@@ -141,7 +173,7 @@ def main() -> None:
                                                                                            - official_s),
                                      rows=rows)
         print(task, {k: v for k, v in report["tasks"][task].items() if k != "rows"}, flush=True)
-        OUT.write_text(json.dumps(report, indent=1) + "\n")  # after each benchmark: a long run keeps what it did
+        out.write_text(json.dumps(report, indent=1) + "\n")  # after each benchmark: a long run keeps what it did
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What launch/evaluate.py does with its arguments: load the tasks, build the sandbox and the answer source
 (model, file or references), score, print the table, log to the run. Every user mistake ends in one
-`error:` line and exit status 2."""
+`error:` line and exit status 2; `--oracle` below 1.0 anywhere exits 1 (the harness disagrees with its own
+references)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from evaluation.harness import CompletionsError, answers_for, evaluate, read_com
 from evaluation.report import table
 from evaluation.run_log import log_summaries, run_dir_of
 from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
-from evaluation.tasks import expand, get, load_tasks
+from evaluation.tasks import get, load_tasks, select, skip_notice
 from evaluation.tasks.base import TaskContext
 
 PRIVATE_TMP = Path("/tmp").resolve()
@@ -38,7 +39,8 @@ def model_completer(args):
 
 def run(args) -> int:
     try:
-        tasks = load_tasks(expand(args.tasks), args.limit, TaskContext(args.data, args.split))
+        chosen, skipped = select(args.tasks, args.oracle)
+        tasks = load_tasks(chosen, args.limit, TaskContext(args.data, args.split))
         given = answers_for(read_completions(args.completions), tasks) if args.completions else None
         if args.unsafe_no_sandbox:
             print("WARNING: --unsafe-no-sandbox: model-written code runs with your network and files", flush=True)
@@ -53,6 +55,8 @@ def run(args) -> int:
             for task, problems in tasks.items():
                 completer(task, problems)
             return 0
+        if skipped:
+            print(f"note: skipped {skip_notice(skipped)}", flush=True)
         if args.oracle:
             complete = lambda task, problems: {p.task_id: get(task).oracle(p) for p in problems}  # noqa: E731
         elif given is not None:
@@ -67,4 +71,14 @@ def run(args) -> int:
     if args.checkpoint:
         log_summaries(args.checkpoint, summaries)
     print(json.dumps(summaries))
-    return 0
+    return oracle_failures(summaries) if args.oracle else 0
+
+
+def oracle_failures(summaries) -> int:
+    """1 with one line naming the metrics below 1.0 when the references do not score perfectly, else 0."""
+    short = [f"{s['task']} {metric} {s[metric]:.4f}" for s in summaries for metric in get(s["task"]).metrics
+             if s.get(metric, 1.0) < 1.0]  # a per-language metric is absent when --limit leaves no such row
+    if short:
+        print(f"error: the reference answers scored below 1.0: {', '.join(short)} (--output FILE keeps each "
+              "program's status and output)", file=sys.stderr)
+    return 1 if short else 0

@@ -9,7 +9,8 @@
   the blank line after the docstring that the other cuts of the same problem drop.
 - hm_fim: its data is not shipped, so a small parquet file in the upstream schema is written here; the prompt
   cuts (last 1,472 prefix tokens, first 512 suffix tokens), task ids, Qwen's first-line rule and the
-  per-language summary are checked on it; a missing file gives one TaskError naming HM_FIM_DATA.
+  per-language summary are checked on it; a missing file gives one TaskError naming HM_FIM_DATA; the hub is
+  asked only with HM_FIM_DATA=hub.
   tests/test_eval_parity.py compares both tasks with the official scorers.
 """
 from __future__ import annotations
@@ -166,13 +167,24 @@ def test_hm_fim_scores_qwens_first_line_per_language(hm_fim_file, sandbox):
 
 
 def test_hm_fim_without_its_data_says_how_to_get_it(monkeypatch, tmp_path):
+    """Unset, nothing asks the hub (it did before: a download at run time the user never asked for); the error
+    says how to get the file. HM_FIM_DATA=hub opts in, and offline says the hub could not give it."""
+    import huggingface_hub
     from huggingface_hub import constants
 
+    asked = []
+    real_download = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: asked.append(a) or real_download(*a, **k))
     monkeypatch.delenv(hm_fim.ENV, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as offline machines are
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty hub cache
-    with pytest.raises(TaskError, match="HM_FIM_DATA"):
+    with pytest.raises(TaskError, match=r"HM_FIM_DATA is unset.*hf download bigcode/santacoder-fim-task"):
         load_tasks(["hm_fim"])
+    assert asked == []
+    monkeypatch.setenv(hm_fim.ENV, hm_fim.HUB)
+    with pytest.raises(TaskError, match="HM_FIM_DATA=hub but the hub could not give"):
+        load_tasks(["hm_fim"])
+    assert asked == [(hm_fim.HUB_REPO, hm_fim.HUB_FILE)]  # control: the opt-in does ask
     monkeypatch.setenv(hm_fim.ENV, str(tmp_path / "absent.parquet"))
     with pytest.raises(DataFileError, match="cannot read .*HM_FIM_DATA"):
         load_tasks(["hm_fim"])

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.tasks import PAPER, expand, get, load_tasks, names, paper
+from evaluation.command import oracle_failures
+from evaluation.tasks import PAPER, expand, get, load_tasks, names, paper, select
 from evaluation.tasks.base import TaskError
 from tests.run_helpers import environment
 
@@ -19,7 +20,9 @@ OURS = {"humaneval", "fim_singleline", "fim_heldout", "humaneval_plus", "mbpp", 
 
 
 def evaluate(*arguments, timeout=300):
-    return subprocess.run([sys.executable, "launch/evaluate.py", *arguments], cwd=REPO, env=environment(),
+    """The command as a user types it, on a machine without hm_fim's file (the default: it is not shipped)."""
+    env = {k: v for k, v in environment().items() if k != "HM_FIM_DATA"}
+    return subprocess.run([sys.executable, "launch/evaluate.py", *arguments], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -80,6 +83,8 @@ def test_completion_solution_and_generation_records(tmp_path):
     (["--tasks", "fim_heldout", "--data", "/missing"], "fim_heldout: no prepared data at /missing"),
     (["--tasks", "fim_heldout"], "fim_heldout needs --data PREFIX"),
     (["--tasks", "humaneval,nope"], "unknown task 'nope'"),
+    (["--tasks", "multiple_cpp"], "multiple_cpp: MultiPL-E publishes no reference solutions"),
+    (["--tasks", "paper,hm_fim"], "hm_fim: $HM_FIM_DATA is unset"),  # named on its own: an error, not a skip
 ])
 def test_bad_arguments_give_one_error_line(arguments, message):
     completed = evaluate("--oracle", *arguments)
@@ -109,3 +114,40 @@ def test_output_directly_in_tmp_works():
         assert json.loads(output.read_text())["passed"] is True
     finally:
         output.unlink(missing_ok=True)
+
+
+def test_oracle_of_paper_skips_what_has_no_references_or_no_data_in_one_notice():
+    """`--oracle --tasks paper` as typed on a machine without hm_fim's file: MultiPL-E (no references) and hm_fim
+    (no data) are named in one notice line, every other paper task scores 1.0, exit 0 (it stopped with an error
+    before). --limit 2 keeps it short; the full command's figures are in docs/evaluation.md."""
+    completed = evaluate("--oracle", "--tasks", PAPER, "--limit", "2", timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    notices = [line for line in completed.stdout.splitlines() if line.startswith("note:")]
+    skipped = {"hm_fim"} | {name for name in paper() if name.startswith("multiple_")}
+    assert len(notices) == 1 and all(name in notices[0] for name in skipped), notices
+    assert "HM_FIM_DATA" in notices[0] and "no reference solutions" in notices[0]
+    summaries = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert {s["task"] for s in summaries} == set(paper()) - skipped and len(summaries) >= 6
+    assert all(s["pass@1"] == 1.0 and s["problems"] == 2 for s in summaries), summaries
+
+
+def test_paper_skips_a_task_only_where_it_cannot_be_scored(monkeypatch, tmp_path):
+    monkeypatch.delenv("HM_FIM_DATA", raising=False)
+    multiple = {name for name in paper() if name.startswith("multiple_")}
+    chosen, skipped = select(PAPER)  # a model's run: MultiPL-E runs, hm_fim has no file
+    assert set(skipped) == {"hm_fim"} and multiple <= set(chosen)
+    chosen, skipped = select(PAPER, oracle=True)
+    assert set(skipped) == multiple | {"hm_fim"} and "humaneval" in chosen
+    monkeypatch.setenv("HM_FIM_DATA", str(tmp_path / "santacoder.parquet"))  # control: given, it is not skipped
+    assert "hm_fim" in select(PAPER)[0]
+    with pytest.raises(TaskError, match="no reference solutions"):
+        select(f"{PAPER},multiple_js", oracle=True)
+
+
+def test_oracle_below_one_exits_1_naming_the_metric(capsys):
+    perfect = {"task": "fim_singleline", "pass@1": 1.0, "exact_match": 1.0}
+    assert oracle_failures([perfect]) == 0 and capsys.readouterr().err == ""
+    short = dict(perfect, task="humaneval", **{"pass@1": 163 / 164})
+    assert oracle_failures([perfect, short]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1 and "humaneval pass@1 0.9939" in error

@@ -47,6 +47,11 @@ class Task:
         """The first `limit` problems (all when 0), in the benchmark's order."""
         raise NotImplementedError
 
+    def unavailable(self, oracle: bool) -> str:
+        """Why this task cannot be scored in this run ("" when it can; `oracle`: the answers are the references):
+        `--tasks paper` skips it with this reason, naming it alone stops the run with it."""
+        return ""
+
     def oracle(self, problem: Problem) -> Answer:
         """The reference answer (launch/evaluate.py --oracle must score 1.0 with it)."""
         return Answer(problem.reference)

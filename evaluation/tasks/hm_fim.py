@@ -12,8 +12,10 @@ Protocol (Qwen's humaneval_fim.py with its run_hm_fim.sh defaults, model type co
 
 Data: not shipped here. The Qwen2.5-Coder repository that holds the file carries no license, and the dataset
 card names "openrail" without the license text whose use restrictions an OpenRAIL redistribution must pass on;
-so it is read from the path in $HM_FIM_DATA or, when that is unset, from the Hugging Face hub (downloaded once
-when online, then cached); docs/evaluation.md says how to get it. Its sha256 is checked either way.
+so it is read from the path in $HM_FIM_DATA, or from the Hugging Face hub (downloaded once, then cached) only
+when the user opts in with HM_FIM_DATA=hub: nothing is fetched from a hub unasked. Unset, `--tasks paper` skips
+the task with that reason and `--tasks hm_fim` stops with it; docs/evaluation.md says how to get the file. Its
+sha256 is checked either way.
 Task ids: `<language>/<name>` (`py/humaneval-HumanEval_0_has_close_elements.json-L10`): upstream `name` alone
 repeats across the three languages.
 """
@@ -64,19 +66,26 @@ def exact_match(generation: str, canonical: str) -> bool:
     return scored_line(generation) == canonical.strip()
 
 
+HUB = "hub"  # the value of $HM_FIM_DATA that lets the task download the file
+UNSET = (f"${ENV} is unset: SantaCoder's FIM set is not shipped; set {ENV}=/path/to/{Path(HUB_FILE).name} "
+         f"(`hf download {HUB_REPO} --repo-type dataset`) or {ENV}={HUB} to let it download, see docs/evaluation.md")
+
+
 def data_path() -> Path:
-    """The parquet file: $HM_FIM_DATA, else the Hugging Face hub's copy (downloaded when online, cached)."""
+    """The parquet file: $HM_FIM_DATA, or the Hugging Face hub's copy when it says `hub` (downloaded, cached)."""
     given = os.environ.get(ENV)
-    if given:
+    if not given:
+        raise TaskError(f"hm_fim: {UNSET}")
+    if given != HUB:
         return Path(given)
     try:
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset"))
     except Exception as error:  # offline, no cache, hub refused: one reason, one fix
-        raise TaskError(f"hm_fim needs SantaCoder's FIM set ({HUB_REPO}, not shipped: see docs/evaluation.md): "
-                        f"set {ENV}=/path/to/{Path(HUB_FILE).name} (the hub could not give it: "
-                        f"{type(error).__name__})") from None
+        raise TaskError(f"hm_fim: {ENV}={HUB} but the hub could not give {HUB_REPO}'s {HUB_FILE} "
+                        f"({type(error).__name__}): download it where there is network and set {ENV} to its "
+                        f"path") from None
 
 
 class HumanEvalFIMSantaCoder(Task):
@@ -85,6 +94,9 @@ class HumanEvalFIMSantaCoder(Task):
     # are lines of HumanEval and of MultiPL-E's Java/JavaScript translations, which humaneval and multiple_* give.
     benchmark = False
     metrics = ("exact_match", *(f"exact_match/{language}" for language in LANGUAGES.values()))
+
+    def unavailable(self, oracle: bool) -> str:
+        return "" if os.environ.get(ENV) else UNSET
 
     def problems(self, limit: int, context: TaskContext) -> List[Problem]:
         from data.tokenizer import load_tokenizer

@@ -51,6 +51,8 @@ CPP_INCLUDES = ("#include<stdlib.h>", "#include<algorithm>", "#include<math.h>",
 CS_USINGS = ("using System.Numerics;", "using System.Diagnostics;", "using System.Collections.Generic;",
              "using System.Linq;", "using System.Text;", "using System.Security.Cryptography;",
              "using System.Collections.Generic;")
+NO_REFERENCES = ("MultiPL-E publishes no reference solutions, so --oracle cannot score it "
+                 "(tests/test_eval_multiple.py runs hand-written right and wrong programs per language instead)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,8 +75,11 @@ class MultiPLE(Task):
                         max_new_tokens=self.max_new_tokens, language=self.language)
                 for r in records(self.language)][:limit or None]
 
+    def unavailable(self, oracle: bool) -> str:
+        return NO_REFERENCES if oracle else ""
+
     def oracle(self, problem: Problem) -> Answer:
-        raise TaskError(f"{self.name}: MultiPL-E publishes no reference solutions, so --oracle cannot score it")
+        raise TaskError(f"{self.name}: {NO_REFERENCES}")
 
     def program(self, problem: Problem, head: str) -> str:
         program = head + "\n" + problem.test
