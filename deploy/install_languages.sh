@@ -5,7 +5,7 @@
 # machine needs no network; used by .ci/run and the Dockerfile.
 set -euo pipefail
 packages=(util-linux g++ libssl-dev openjdk-17-jdk-headless libjavatuples-java php-cli nodejs node-typescript
-          mono-mcs mono-runtime bash rustc golang-go)
+          mono-mcs mono-runtime bash bc rustc golang-go)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

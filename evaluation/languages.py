@@ -61,7 +61,9 @@ LANGUAGES = {language.name: language for language in (
              env={"MONO_TRACE_LISTENER": "Console.Error"},
              failure_markers=("System.Diagnostics.DefaultTraceListener.Fail", "Unhandled Exception"),
              managed_runtime=True, compile_seconds=30, packages=("mono-mcs", "mono-runtime")),
-    Language("sh", "test.sh", ("bash", "test.sh"), packages=("bash",)),
+    # bc: Bash answers do arithmetic with it (13 of the 158 Bash verdicts Qwen published for its 7B base model
+    # fail with "bc: command not found", answers that pass where bc exists).
+    Language("sh", "test.sh", ("bash", "test.sh"), packages=("bash", "bc")),
     Language("js", "test.js", ("node", "test.js"), managed_runtime=True, packages=("nodejs",)),
     Language("rs", "main.rs", ("./main",), ("rustc", "-C", "codegen-units=1", "-o", "main", "main.rs"),
              managed_runtime=True,
