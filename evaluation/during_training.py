@@ -22,6 +22,7 @@ Every rank decodes (a data-parallel replica repeats its group's work); only rank
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -31,7 +32,7 @@ from evaluation.generate import Completer, model_decoder
 from evaluation.harness import evaluate
 from evaluation.run_log import run_values
 from evaluation.sandbox import Limits, Sandbox
-from evaluation.tasks import expand, load_tasks
+from evaluation.tasks import load_tasks, select, skip_notice
 from evaluation.tasks.base import TaskContext
 from recipes.schema import Recipe
 
@@ -83,7 +84,10 @@ class TaskEvaluation:
         train = recipe.train
         sources = recipe.data.sources
         context = TaskContext(sources[0].prefix if sources else "", recipe.data.split)  # fim_heldout's data
-        self.tasks = load_tasks(expand(",".join(train.eval_tasks)), train.eval_tasks_limit, context)
+        chosen, skipped = select(",".join(train.eval_tasks))  # `paper` leaves out what cannot run here
+        if skipped and int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: train.eval_tasks: skipped {skip_notice(skipped)}", flush=True)
+        self.tasks = load_tasks(chosen, train.eval_tasks_limit, context)
         self.interval = train.eval_tasks_interval or train.eval_interval
         self.max_new_tokens = train.eval_tasks_max_new_tokens
         self.run_dir = Path(recipe.run.dir)

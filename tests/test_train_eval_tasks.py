@@ -131,3 +131,23 @@ def test_sequence_parallel_flags_are_restored():
     assert (outer.sequence_parallel, config.sequence_parallel, inner.scatter_to_sequence_parallel,
             inner.reduce_scatter_embeddings) == (True, True, True, False)
     assert not hasattr(inner, "sequence_parallel")  # nothing added where there was no flag
+
+
+def test_paper_during_training_skips_what_cannot_run_here(monkeypatch, tmp_path, capsys):
+    """train.eval_tasks=[paper] without hm_fim's file: every other paper task is loaded, hm_fim is left out with
+    one notice; named on its own it stops the run (as launch/evaluate.py does)."""
+    from evaluation.during_training import TaskEvaluation
+    from evaluation.tasks import TaskError, paper
+    from recipes.compose import build_recipe, compose_config
+
+    monkeypatch.delenv("HM_FIM_DATA", raising=False)
+    monkeypatch.setenv("RANK", "0")
+    recipe = build_recipe(compose_config(["+recipe=tiny", "train.eval_tasks=[paper]", "train.eval_tasks_limit=1",
+                                          f"run.dir={tmp_path / 'run'}"]))
+    evaluation = TaskEvaluation(recipe)
+    assert sorted(evaluation.tasks) == sorted(set(paper()) - {"hm_fim"}) and "hm_fim" in paper()
+    notices = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notices) == 1 and "hm_fim" in notices[0] and "HM_FIM_DATA" in notices[0], notices
+    named = build_recipe(compose_config(["+recipe=tiny", "train.eval_tasks=[hm_fim]", f"run.dir={tmp_path / 'r'}"]))
+    with pytest.raises(TaskError, match="hm_fim"):
+        TaskEvaluation(named)
