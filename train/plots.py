@@ -17,7 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 def read_metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
     """(training records by step, validation records by step), last record per step winning.
 
-    A validation record holds val_loss (the blend) and val_loss/NAME for each data source."""
+    A validation record holds val_loss (the blend) and val_loss/NAME for each data source, a training record
+    its loss; other records of the same step (evaluation's eval/TASK/METRIC) are neither and are left out, so they
+    do not replace that step's training record."""
     train, valid = {}, {}
     path = Path(run_dir) / "metrics.jsonl"
     for line_number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -27,7 +29,7 @@ def read_metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
             raise ValueError(f"{path}:{line_number} is not JSON ({error}); delete the partial last line") from error
         if "val_loss" in record:
             valid[record["step"]] = record
-        else:
+        elif "loss" in record:
             train[record["step"]] = record
     return train, valid
 
