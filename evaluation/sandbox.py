@@ -226,11 +226,21 @@ class Sandbox:
             return list(pool.map(lambda source: self.run(source, language), sources))
 
 
+def _readable(fds: Sequence[int], timeout_s: float) -> List[int]:
+    """The descriptors of `fds` that can be read (or are at EOF / hung up) within timeout_s seconds. poll, not
+    select: select() refuses any descriptor numbered 1024 or more, and a training process (data files, sockets,
+    pipes to its workers) can hold that many before train.eval_tasks runs its first program."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(max(0, int(timeout_s * 1000)))]
+
+
 def _jail_pidfd(report: int, group: Optional[Group], deadline: float) -> Optional[int]:
     """A pidfd on the jail (PID 1 of the program's namespace), moved into the program's cgroup before it reads its
     job; None if the jail never reported (unshare failed: its output says why)."""
     text = b""
-    while time.monotonic() < deadline and select.select([report], [], [], deadline - time.monotonic())[0]:
+    while time.monotonic() < deadline and _readable([report], deadline - time.monotonic()):
         chunk = os.read(report, 32)
         text += chunk
         if not chunk or text.endswith(b"\n"):  # unshare holds the pipe open too: no EOF to wait for
@@ -252,7 +262,7 @@ def _collect(process: subprocess.Popen, jail: Optional[int], output: Output, dea
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return True
-        ready, _, _ = select.select(watched, [], [], remaining)
+        ready = _readable(watched, remaining)
         if stream in ready:
             chunk = os.read(stream, 65536)
             if not chunk:
@@ -262,7 +272,7 @@ def _collect(process: subprocess.Popen, jail: Optional[int], output: Output, dea
                 return False
         if jail in ready:  # the jail ended: what is still in the pipe belongs to it, orphans are killed next
             watched.remove(jail)
-            while select.select([stream], [], [], 0)[0] and (chunk := os.read(stream, 65536)):
+            while _readable([stream], 0) and (chunk := os.read(stream, 65536)):
                 output.add(chunk)
                 if output.over:
                     return False

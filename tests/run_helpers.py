@@ -36,8 +36,9 @@ def environment() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1")
 
 
-def run_pretrain(nproc: int, overrides: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    completed = subprocess.run(pretrain_command(nproc, overrides), cwd=REPO, env=environment(),
+def run_pretrain(nproc: int, overrides: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """`env`: variables set for this run only (e.g. PYTHONPATH for a plugin module outside the installed packages)."""
+    completed = subprocess.run(pretrain_command(nproc, overrides), cwd=REPO, env=dict(environment(), **env),
                                capture_output=True, text=True, timeout=timeout)
     return completed
 

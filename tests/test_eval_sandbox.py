@@ -295,6 +295,27 @@ def test_output_is_bounded():
     assert control.passed and len(control.output) < 70 * 1024 and "bytes cut" in control.output
 
 
+def test_runs_when_the_evaluator_holds_over_1024_descriptors():
+    """A training process with train.eval_tasks can hold 1,024+ open files (data, sockets, worker pipes) before its
+    first program runs; every descriptor the sandbox then makes is numbered 1,024 or more, which select() refuses
+    ("filedescriptor out of range"). The same program passes and fails as with few descriptors open."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(held) >= 1024
+        sandbox = Sandbox(Limits(timeout_s=20))
+        assert [sandbox.run(code).status for code in ("print(1)", "assert False")] == ["passed", "failed"]
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 FORGERY = """
 import os, sys
 nonce = sys._getframe(1).f_locals["nonce"]   # the jail's end-of-program mark, in the caller's frame

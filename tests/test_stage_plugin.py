@@ -4,11 +4,12 @@ tests/plugin_stage is that stage, `weighted_lm`: one module (its StageSpec and i
 x 0.25, the unweighted loss reported as a metric) and its YAMLs, named on the command line by `stage.plugin` and
 Hydra's search path. In process: without the plugin the stage is refused by the validator (naming
 stage.plugin); with it the recipe validates and the planner and the W&B dashboard pick up its note and panel.
-End to end: 2 ranks (TP2), 3 steps and one validation on real stdlib code. The logged loss must be exactly 0.25 x
-the logged unweighted_loss at every step and in validation (0.25 is a power of two; an objective that ignored
-the weight, as the built-in next-token one does, logs a ratio of 1), and the unweighted loss at step 1 must be a
-fresh model's ~ln(vocab) = 11.93, so the loss the run optimised is the weighted one. Cost: one 2-rank run of
-3 steps, as each case of tests/test_stages_e2e.py.
+End to end, with the plugin's directory on PYTHONPATH as a user would put it (CI runs without PYTHONPATH, the
+project pip-installed, and `tests` is no installed package): 2 ranks (TP2), 3 steps and one validation on real
+stdlib code. The logged loss must be exactly 0.25 x the logged unweighted_loss at every step and in validation (0.25
+is a power of two; an objective that ignored the weight, as the built-in next-token one does, logs a ratio of 1),
+and the unweighted loss at step 1 must be a fresh model's ~ln(vocab) = 11.93, so the loss the run optimised is the
+weighted one. Cost: one 2-rank run of 3 steps, as each case of tests/test_stages_e2e.py.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def test_plugin_objective_trains_through_pretrain(tmp_path):
     completed = run_pretrain(2, [
         *STAGE, *FAST, f"data.sources=[{{name: code, prefix: {code}, weight: 1.0}}]",
         f"train.train_iters={STEPS}", f"train.eval_interval={STEPS}", "train.eval_iters=1",
-        "checkpoint.save_interval=0", f"run.dir={run_dir}", "logging.wandb=false", "logging.plots=false"])
+        "checkpoint.save_interval=0", f"run.dir={run_dir}", "logging.wandb=false", "logging.plots=false"],
+        PYTHONPATH=str(REPO))  # as a user puts their plugin's directory on the path: here `tests` lives in REPO
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]
