@@ -2,8 +2,11 @@
 import importlib
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
+
+SESSION_DIR_PREFIX = "session-"  # tmp folders of session fixtures: kept until the session ends
 
 
 @pytest.fixture
@@ -41,4 +44,24 @@ def free_module_disk(request, tmp_path_factory):
     yield
     if request.session.testsfailed == failed_before:
         for path in set(base.iterdir()) - before:
-            shutil.rmtree(path, ignore_errors=True)
+            if not path.name.startswith(SESSION_DIR_PREFIX):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_tp2_run(tmp_path_factory):
+    """One training run through launch/pretrain.py, shared (read-only) by the evaluation tests: the tiny model at
+    TP2 with sequence parallelism and untied embeddings (a freshly trained tied tiny model repeats its prompt's
+    last token whatever its weights, so completions would agree for any two models), 4 steps on the stdlib json
+    package with split 60,40,0, validation and checkpoints at steps 2 and 4. `overrides` are the run's settings
+    without run.dir, so a test can repeat the run with one thing changed. Cost ~30 s of wall clock (2 ranks)."""
+    from tests.run_helpers import FAST, prepare_code_dataset, run_pretrain
+
+    work = tmp_path_factory.mktemp(SESSION_DIR_PREFIX + "tiny-tp2")
+    prefix = prepare_code_dataset(work, packages=("json",))
+    overrides = ["+recipe=tiny", *FAST, f"data.sources=[{{name: code, prefix: {prefix}, weight: 1.0}}]",
+                 "data.split='60,40,0'", "train.train_iters=4", "train.eval_interval=2", "checkpoint.save_interval=2",
+                 "parallel.tp=2", "parallel.sp=true", "model.tied_embeddings=false", "logging.plots=false"]
+    trained = run_pretrain(2, [*overrides, f"run.dir={work / 'run'}"])
+    assert trained.returncode == 0, trained.stderr[-5000:]
+    return SimpleNamespace(prefix=prefix, run_dir=work / "run", overrides=overrides)

@@ -1,5 +1,5 @@
-"""End to end: the tiny model of README's first command, trained here for 3 steps at its TP2 layout on stdlib
-code, evaluated on humaneval, fim_singleline and fim_heldout (the 2 validation documents of its data under
+"""End to end: the tiny model trained through launch/pretrain.py at TP2 (conftest.tiny_tp2_run: 4 steps on stdlib
+code, untied embeddings, so completions depend on the weights), evaluated on humaneval, fim_singleline and fim_heldout (the 2 validation documents of its data under
 split 60,40,0) (first 3 problems each, up to 12 new tokens; any score), decoded in batches:
 - through the megatron checkpoint at TP2 (torchrun, 2 ranks: vocabulary-parallel logits gathered over TP; KV cache;
   --batch-size 2, so a task's 3 problems make a batch of 2 and one of 1),
@@ -7,12 +7,13 @@ split 60,40,0) (first 3 problems each, up to 12 new tokens; any score), decoded 
 - through its Hugging Face export (launch/convert.py export -> transformers' batched generate, one process);
 the completions must be identical, and equal transformers' own `generate` (greedy) on each prompt alone, cut
 at the same stop sequences: an independent, unbatched decoding loop. The run directory's metrics.jsonl gets the
-summary at the checkpoint's step. Cost ~2.5 min on 2 cores (training ~50 s, TP2 and PP2 evaluations ~40 s each,
-export + HF ~25 s).
+summary at the checkpoint's step. Cost ~1.5 min on 2 cores (TP2 and PP2 evaluations ~30 s each, export + HF
+~25 s), plus the shared training run where this module is the first to ask for it.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from evaluation.generate import END_IDS, prompt_ids
 from evaluation.tasks import get, load_tasks
 from evaluation.tasks.base import Answer, TaskContext
-from tests.run_helpers import FAST, environment, prepare_code_dataset, run_pretrain
+from tests.run_helpers import environment
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = ["--limit", "3", "--max-new-tokens", "12", "--tasks", "humaneval,fim_singleline,fim_heldout", "--split",
@@ -43,14 +44,10 @@ def rows(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, tiny_tp2_run):
     work = tmp_path_factory.mktemp("eval-models")
-    prefix = prepare_code_dataset(work, packages=("json",))
-    run_dir = work / "run"
-    trained = run_pretrain(2, ["+recipe=tiny", *FAST, f"data.sources=[{{name: code, prefix: {prefix}, weight: 1.0}}]",
-                               "train.train_iters=3", "train.eval_interval=0", "checkpoint.save_interval=3",
-                               f"run.dir={run_dir}", "logging.plots=false", "data.split='60,40,0'"])
-    assert trained.returncode == 0, trained.stderr[-5000:]
+    run_dir, prefix = work / "run", tiny_tp2_run.prefix
+    shutil.copytree(tiny_tp2_run.run_dir, run_dir)  # its own copy: evaluation appends to the run's metrics.jsonl
     evaluate = [*EVAL, "--data", str(prefix)]
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "launch/evaluate.py", "--checkpoint", str(run_dir), *evaluate, "--batch-size", "2",
@@ -60,11 +57,12 @@ def evaluated(tmp_path_factory):
     run([sys.executable, "launch/convert.py", "export", "--mcore", str(run_dir), "--out", str(work / "hf"),
          "--tokenizer", "none"])
     run([sys.executable, "launch/evaluate.py", "--hf", str(work / "hf"), *evaluate, "--output", str(work / "hf.jsonl")])
-    return work, rows(work / "tp2.jsonl"), rows(work / "hf.jsonl"), rows(work / "pp2.jsonl")
+    return SimpleNamespace(work=work, prefix=prefix, tp2=rows(work / "tp2.jsonl"),
+                           hf=rows(work / "hf.jsonl"), pp2=rows(work / "pp2.jsonl"))
 
 
 def test_megatron_tp2_pp2_and_hf_export_give_identical_completions(evaluated):
-    _, tp2, hf, pp2 = evaluated
+    tp2, hf, pp2 = evaluated.tp2, evaluated.hf, evaluated.pp2
     fim = [f"SingleLineInfilling/HumanEval/0/L{line}" for line in range(3)]
     assert list(tp2) == list(hf) == list(pp2) == ["HumanEval/0", "HumanEval/1", "HumanEval/2", *fim, "fim_heldout/3",
                                                   "fim_heldout/4"]
@@ -81,11 +79,10 @@ def test_completions_equal_transformers_generate(evaluated):
 
     from data.tokenizer import load_tokenizer
 
-    work, tp2, _, _ = evaluated
     tokenizer = load_tokenizer("qwen2.5")
-    model = AutoModelForCausalLM.from_pretrained(str(work / "hf"), dtype=torch.float32).eval()
-    prefix = str(work / "stdlib_subset")
-    chosen = load_tasks(["humaneval", "fim_singleline", "fim_heldout"], 2, TaskContext(prefix, "60,40,0"))
+    model = AutoModelForCausalLM.from_pretrained(str(evaluated.work / "hf"), dtype=torch.float32).eval()
+    chosen = load_tasks(["humaneval", "fim_singleline", "fim_heldout"], 2,
+                        TaskContext(str(evaluated.prefix), "60,40,0"))
     for name, problems in chosen.items():
         for problem in problems:
             ids = torch.tensor([prompt_ids(tokenizer, problem)])
@@ -93,14 +90,13 @@ def test_completions_equal_transformers_generate(evaluated):
                                  eos_token_id=sorted(END_IDS), pad_token_id=min(END_IDS))
             new = [t for t in out[0, ids.shape[1]:].tolist() if t not in END_IDS]
             cut, _ = get(name).head(problem, Answer(tokenizer.decode(new)))  # the task's own cut
-            assert cut == tp2[problem.task_id]["completion"]
+            assert cut == evaluated.tp2[problem.task_id]["completion"]
 
 
 def test_summary_lands_in_the_run_metrics(evaluated):
-    work, _, _, _ = evaluated
-    records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (evaluated.work / "run" / "metrics.jsonl").read_text().splitlines()]
     evaluation = [r for r in records if "eval/humaneval/pass@1" in r]
-    assert [r["step"] for r in evaluation] == [3, 3]  # the TP2 and the PP2 evaluation of the step-3 checkpoint
+    assert [r["step"] for r in evaluation] == [4, 4]  # the TP2 and the PP2 evaluation of the step-4 checkpoint
     assert {"eval/fim_singleline/pass@1", "eval/fim_singleline/exact_match"} <= set(evaluation[0])
 
 

@@ -7,9 +7,9 @@ at TP2 with sequence parallelism, 4 steps, humaneval + fim_singleline (first 3 p
 - the loss, gradient norm and validation loss of every step equal those of the same run without the hook;
 - an unknown task name ends the run with one `error:` line naming the known tasks.
 The embeddings are untied: a freshly trained tiny model with tied embeddings repeats its prompt's last token
-whatever its weights, which would make the completions equal for any two models. Cost: ~110 s of CPU (two 4-step
-training runs ~30 s of wall clock each on an idle 2-core machine, the evaluation ~13 s); 2-5 minutes of wall clock
-on a 2-core machine shared with other work.
+whatever its weights, which would make the completions equal for any two models. The run without the hook is
+conftest.tiny_tp2_run, shared with tests/test_eval_models.py. Cost: the hooked 4-step run (~35 s of wall clock on
+an idle 2-core machine) and the evaluation (~13 s).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pytest
 
 from evaluation.harness import summarize
 from evaluation.run_log import run_values
-from tests.run_helpers import FAST, environment, prepare_code_dataset, run_pretrain
+from tests.run_helpers import environment, run_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = "humaneval,fim_singleline"
@@ -37,19 +37,14 @@ def rows(path: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_tp2_run):
+    """The shared tiny TP2 run (conftest.tiny_tp2_run) is the run without the hook; the same run again with it."""
     work = tmp_path_factory.mktemp("eval-tasks")
-    prefix = prepare_code_dataset(work, packages=("json",))
-    common = ["+recipe=tiny", *FAST, f"data.sources=[{{name: code, prefix: {prefix}, weight: 1.0}}]",
-              "data.split='60,40,0'", "train.train_iters=4", "train.eval_interval=2", "checkpoint.save_interval=2",
-              "parallel.tp=2", "parallel.sp=true", "model.tied_embeddings=false", "logging.plots=false"]
-    hooked, plain = work / "hooked", work / "plain"
-    trained = run_pretrain(2, [*common, f"run.dir={hooked}", f"train.eval_tasks=[{TASKS}]",
+    hooked, plain = work / "hooked", tiny_tp2_run.run_dir
+    trained = run_pretrain(2, [*tiny_tp2_run.overrides, f"run.dir={hooked}", f"train.eval_tasks=[{TASKS}]",
                                "train.eval_tasks_limit=3", "train.eval_tasks_max_new_tokens=12"])
     assert trained.returncode == 0, trained.stderr[-5000:]
     hooked_records = records(hooked)  # before launch/evaluate.py appends its own
-    trained = run_pretrain(2, [*common, f"run.dir={plain}"])
-    assert trained.returncode == 0, trained.stderr[-5000:]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "launch/evaluate.py", "--checkpoint", str(hooked / "checkpoints" / "step_00000002"), "--tasks", TASKS,
                "--limit", "3", "--max-new-tokens", "12", "--output", str(work / "rows.jsonl")]
