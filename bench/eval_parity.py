@@ -24,7 +24,9 @@ failures:
   followed by the next line; after an empty first line; a flipped operator (7 x 4,792); and our prompt ids vs
   the ids of Qwen's prompt string under the Hugging Face Qwen2 tokenizer.
 Writes per-set agreement counts and a replay sample (completions + official verdicts) that
-tests/test_eval_parity.py re-scores in the suite.
+tests/test_eval_parity.py re-scores in the suite. Qwen's generations are not written, only their sha256 and that of
+their extracted answer beside the verdicts: Qwen's repository carries no licence (the checked-in file's CRUXEval
+rows were converted so from this script's earlier output, which held the text; the counts are that run's).
 """
 from __future__ import annotations
 
@@ -64,6 +66,10 @@ def checkout(repo: Path, into: Path, *paths: str) -> Path:
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def flip(line: str) -> str:
@@ -148,7 +154,7 @@ def cruxeval_parity(official_repo: Path, qwen: Path, scratch: Path, sandbox: San
                                          [([theirs[p.task_id][0]], reference, mode)
                                           for p, reference in zip(problems, references)]))
             rows = score(task, problems, generations, sandbox)
-            compared = [dict(task_id=p.task_id, prompt_sha256=hashlib.sha256(t[:len(p.prompt)].encode()).hexdigest(),
+            compared = [dict(task_id=p.task_id, prompt_sha256=sha256(t[:len(p.prompt)]),
                              prompt_equal=t.startswith(p.prompt), generation=generations[p.task_id],
                              theirs=theirs[p.task_id][0], answer=r["answer"], published=published[p.task_id][0],
                              official=o, ours=r["passed"])
@@ -157,10 +163,11 @@ def cruxeval_parity(official_repo: Path, qwen: Path, scratch: Path, sandbox: San
             result[name] = dict(summarize(compared), prompts_equal=sum(r["prompt_equal"] for r in compared),
                                 extraction_equal=sum(r["answer"] == r["theirs"] for r in compared),
                                 published_equal=sum(r["published"] == r["official"] for r in compared),
-                                published_differs=[{k: r[k] for k in ("task_id", "theirs", "official", "published")}
+                                published_differs=[{k: r[k] for k in ("task_id", "official", "published")}
                                                    for r in compared if r["published"] != r["official"]],
-                                replay=[{k: r[k] for k in ("task_id", "prompt_sha256", "generation", "theirs",
-                                                           "official")}
+                                replay=[dict(task_id=r["task_id"], prompt_sha256=r["prompt_sha256"],
+                                             generation_sha256=sha256(r["generation"]),
+                                             answer_sha256=sha256(r["theirs"]), official=r["official"])
                                         for r in replay_sample(compared, len(result))])
             print("cruxeval", name, {k: v for k, v in result[name].items() if k != "replay"}, flush=True)
     return result
