@@ -1,6 +1,7 @@
 """End to end: the tiny model trained through launch/pretrain.py at TP2 (conftest.tiny_tp2_run: 4 steps on stdlib
-code, untied embeddings, so completions depend on the weights), evaluated on humaneval, fim_singleline and fim_heldout (the 2 validation documents of its data under
-split 60,40,0) (first 3 problems each, up to 12 new tokens; any score), decoded in batches:
+code, untied embeddings, so completions depend on the weights), evaluated on humaneval, fim_singleline and
+fim_heldout (the 2 validation documents of its data under split 60,40,0) (first 3 problems each, up to 12 new
+tokens; any score), decoded in batches:
 - through the megatron checkpoint at TP2 (torchrun, 2 ranks: vocabulary-parallel logits gathered over TP; KV cache;
   --batch-size 2, so a task's 3 problems make a batch of 2 and one of 1),
 - through the same checkpoint at PP2 (`--pp 2`: resharded on load, one full forward per step through the pipeline),
